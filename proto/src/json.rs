@@ -1,0 +1,1 @@
+//! The protojson mapping of PROTOCOLS.md §1.5.

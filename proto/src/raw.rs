@@ -1,0 +1,194 @@
+//! Messages that carry pre-encoded protobuf through tonic, and the raw v2 services built on them.
+//!
+//! The raw services have the same package, service and method names as the generated ones, so the
+//! same paths on the wire (`/loggregator.v2.Ingress/BatchSender`); only the Rust types differ:
+//! - [`RawBatch`] decodes a whole `EnvelopeBatch` as one `Bytes` (a slice of tonic's receive buffer),
+//!   for [`crate::scan::BatchScanner`] to walk.
+//! - [`EncodedBatch`] encodes an `EnvelopeBatch` by writing each pre-encoded envelope behind its field
+//!   key and length, straight into tonic's send buffer: no envelope is ever re-encoded.
+//! - [`RawBytes`] is one whole message, undecoded (an `Envelope` on the `Sender` stream).
+//!
+//! [`server`] holds the raw Ingress and Egress servers (receive [`RawBatch`], send [`EncodedBatch`]);
+//! [`client`] the raw clients (send [`EncodedBatch`], receive [`RawBatch`]).
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{skip_field, DecodeContext, WireType};
+use prost::DecodeError;
+
+use crate::wire::{put_varint, varint_len};
+
+/// Key of `EnvelopeBatch.batch` (field 1, length-delimited).
+const BATCH_FIELD_KEY: u8 = (1 << 3) | 2;
+
+/// One whole encoded message, kept as bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawBytes(pub Bytes);
+
+/// A whole encoded `EnvelopeBatch`, kept as bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawBatch(pub Bytes);
+
+impl RawBatch {
+    pub fn scan(&self) -> crate::scan::BatchScanner {
+        crate::scan::BatchScanner::new(self.0.clone())
+    }
+}
+
+macro_rules! impl_whole_bytes_message {
+    ($ty:ty) => {
+        impl prost::Message for $ty {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                buf.put_slice(&self.0);
+            }
+
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), DecodeError> {
+                // Unreachable through `merge`, which is overridden below; skipping keeps it total.
+                skip_field(wire_type, tag, buf, ctx)
+            }
+
+            fn encoded_len(&self) -> usize {
+                self.0.len()
+            }
+
+            fn clear(&mut self) {
+                self.0 = Bytes::new();
+            }
+
+            /// Takes the whole input as one slice: with tonic's receive buffer that is a reference
+            /// count, not a copy. Validation is the scanner's job.
+            fn merge(&mut self, mut buf: impl Buf) -> Result<(), DecodeError> {
+                self.0 = buf.copy_to_bytes(buf.remaining());
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_whole_bytes_message!(RawBytes);
+impl_whole_bytes_message!(RawBatch);
+
+/// An `EnvelopeBatch` assembled from pre-encoded envelopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedBatch {
+    /// Each element is one encoded `Envelope` (without key or length).
+    pub envelopes: Vec<Bytes>,
+}
+
+impl EncodedBatch {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { envelopes: Vec::with_capacity(capacity) }
+    }
+
+    pub fn push(&mut self, envelope: Bytes) {
+        self.envelopes.push(envelope);
+    }
+
+    pub fn len(&self) -> usize {
+        self.envelopes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.envelopes.is_empty()
+    }
+
+    /// The whole batch as one contiguous buffer (one copy of each envelope).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = Vec::with_capacity(prost::Message::encoded_len(self));
+        prost::Message::encode_raw(self, &mut out);
+        Bytes::from(out)
+    }
+}
+
+impl prost::Message for EncodedBatch {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        for envelope in &self.envelopes {
+            buf.put_u8(BATCH_FIELD_KEY);
+            put_varint(buf, envelope.len() as u64);
+            buf.put_slice(envelope);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        if tag != 1 {
+            return skip_field(wire_type, tag, buf, ctx);
+        }
+        // `Bytes` decoding is `copy_to_bytes`: a slice of tonic's receive buffer, not a copy.
+        let mut envelope = Bytes::new();
+        prost::encoding::bytes::merge(wire_type, &mut envelope, buf, ctx)?;
+        self.envelopes.push(envelope);
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.envelopes.iter().map(|e| 1 + varint_len(e.len() as u64) + e.len()).sum()
+    }
+
+    fn clear(&mut self) {
+        self.envelopes.clear();
+    }
+}
+
+/// Raw v2 servers: decode [`RawBatch`], encode [`EncodedBatch`].
+pub mod server {
+    pub mod ingress {
+        include!(concat!(env!("OUT_DIR"), "/raw_server/loggregator.v2.Ingress.rs"));
+    }
+    pub mod egress {
+        include!(concat!(env!("OUT_DIR"), "/raw_server/loggregator.v2.Egress.rs"));
+    }
+}
+
+/// Raw v2 clients: encode [`EncodedBatch`], decode [`RawBatch`].
+pub mod client {
+    pub mod ingress {
+        include!(concat!(env!("OUT_DIR"), "/raw_client/loggregator.v2.Ingress.rs"));
+    }
+    pub mod egress {
+        include!(concat!(env!("OUT_DIR"), "/raw_client/loggregator.v2.Egress.rs"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v2::{Envelope, EnvelopeBatch};
+    use prost::Message;
+
+    fn envelope(ts: i64, source: &str) -> Envelope {
+        Envelope { timestamp: ts, source_id: source.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn encoded_batch_equals_prost_encoding_of_the_same_batch() {
+        let envelopes = vec![envelope(1, "a"), envelope(2, &"b".repeat(300)), Envelope::default()];
+        let mut batch = EncodedBatch::default();
+        for e in &envelopes {
+            batch.push(Bytes::from(e.encode_to_vec()));
+        }
+        let expected = EnvelopeBatch { batch: envelopes }.encode_to_vec();
+        assert_eq!(batch.encoded_len(), expected.len());
+        assert_eq!(batch.to_bytes(), Bytes::from(expected.clone()));
+        let decoded = EncodedBatch::decode(&expected[..]).unwrap();
+        assert_eq!(decoded, batch);
+    }
+
+    #[test]
+    fn raw_batch_takes_the_whole_input() {
+        let bytes = EnvelopeBatch { batch: vec![envelope(7, "x")] }.encode_to_vec();
+        let raw = RawBatch::decode(&bytes[..]).unwrap();
+        assert_eq!(&raw.0[..], &bytes[..]);
+        assert_eq!(raw.encode_to_vec(), bytes);
+    }
+}

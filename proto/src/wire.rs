@@ -1,0 +1,189 @@
+//! The protobuf wire primitives the scanner needs: varints, field keys, and skipping unknown fields.
+//!
+//! They work on a byte slice and an offset rather than on `bytes::Buf`, so the scanner can hand out
+//! ranges of its input. Every read is bounds-checked: malformed input is an error, never a panic.
+
+use crate::scan::ScanError;
+
+/// The protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireType {
+    Varint,
+    Fixed64,
+    Len,
+    StartGroup,
+    EndGroup,
+    Fixed32,
+}
+
+/// Nesting depth at which groups are refused, as prost's recursion limit.
+const MAX_GROUP_DEPTH: u32 = 100;
+
+/// Reads a varint at `*pos`, advancing it. Rejects truncation and values over 64 bits.
+#[inline]
+pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
+    let mut value: u64 = 0;
+    for i in 0..10 {
+        let Some(&byte) = buf.get(*pos) else {
+            return Err(ScanError::Truncated);
+        };
+        *pos += 1;
+        if i == 9 && byte > 1 {
+            return Err(ScanError::VarintOverflow);
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(ScanError::VarintOverflow)
+}
+
+/// Reads a field key, returning (field number, wire type).
+#[inline]
+pub fn read_key(buf: &[u8], pos: &mut usize) -> Result<(u32, WireType), ScanError> {
+    let key = read_varint(buf, pos)?;
+    if key > u64::from(u32::MAX) {
+        return Err(ScanError::InvalidKey);
+    }
+    let wire_type = match key & 7 {
+        0 => WireType::Varint,
+        1 => WireType::Fixed64,
+        2 => WireType::Len,
+        3 => WireType::StartGroup,
+        4 => WireType::EndGroup,
+        5 => WireType::Fixed32,
+        _ => return Err(ScanError::InvalidWireType),
+    };
+    let field = (key >> 3) as u32;
+    if field == 0 {
+        return Err(ScanError::InvalidKey);
+    }
+    Ok((field, wire_type))
+}
+
+/// Reads a length prefix and returns the range of the bytes it announces, advancing past them.
+#[inline]
+pub fn read_len(buf: &[u8], pos: &mut usize) -> Result<std::ops::Range<usize>, ScanError> {
+    let len = read_varint(buf, pos)?;
+    let start = *pos;
+    let remaining = buf.len() - start;
+    if len > remaining as u64 {
+        return Err(ScanError::Truncated);
+    }
+    *pos = start + len as usize;
+    Ok(start..*pos)
+}
+
+/// Skips the value of a field whose key has been read.
+pub fn skip_field(buf: &[u8], pos: &mut usize, field: u32, wire_type: WireType) -> Result<(), ScanError> {
+    skip_field_at_depth(buf, pos, field, wire_type, 0)
+}
+
+fn skip_field_at_depth(
+    buf: &[u8],
+    pos: &mut usize,
+    field: u32,
+    wire_type: WireType,
+    depth: u32,
+) -> Result<(), ScanError> {
+    match wire_type {
+        WireType::Varint => {
+            read_varint(buf, pos)?;
+        }
+        WireType::Fixed64 => advance(buf, pos, 8)?,
+        WireType::Fixed32 => advance(buf, pos, 4)?,
+        WireType::Len => {
+            read_len(buf, pos)?;
+        }
+        WireType::StartGroup => {
+            if depth >= MAX_GROUP_DEPTH {
+                return Err(ScanError::TooDeep);
+            }
+            loop {
+                let (inner, inner_type) = read_key(buf, pos)?;
+                if inner_type == WireType::EndGroup {
+                    if inner != field {
+                        return Err(ScanError::UnexpectedEndGroup);
+                    }
+                    return Ok(());
+                }
+                skip_field_at_depth(buf, pos, inner, inner_type, depth + 1)?;
+            }
+        }
+        WireType::EndGroup => return Err(ScanError::UnexpectedEndGroup),
+    }
+    Ok(())
+}
+
+#[inline]
+fn advance(buf: &[u8], pos: &mut usize, n: usize) -> Result<(), ScanError> {
+    if buf.len() - *pos < n {
+        return Err(ScanError::Truncated);
+    }
+    *pos += n;
+    Ok(())
+}
+
+/// Number of bytes `value` takes as a varint.
+#[inline]
+pub fn varint_len(value: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+}
+
+/// Appends `value` as a varint.
+#[inline]
+pub fn put_varint(out: &mut impl bytes::BufMut, mut value: u64) {
+    while value >= 0x80 {
+        out.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.put_u8(value as u8);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_round_trips_and_lengths_agree_with_prost() {
+        for value in [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out.len(), varint_len(value));
+            assert_eq!(out.len(), prost::encoding::encoded_len_varint(value));
+            let mut pos = 0;
+            assert_eq!(read_varint(&out, &mut pos).unwrap(), value);
+            assert_eq!(pos, out.len());
+        }
+    }
+
+    #[test]
+    fn truncated_and_overlong_varints_are_errors() {
+        let mut pos = 0;
+        assert_eq!(read_varint(&[0x80, 0x80], &mut pos), Err(ScanError::Truncated));
+        let mut pos = 0;
+        let eleven = [0xffu8; 11];
+        assert_eq!(read_varint(&eleven, &mut pos), Err(ScanError::VarintOverflow));
+    }
+
+    #[test]
+    fn length_past_the_end_is_an_error() {
+        let mut pos = 0;
+        assert_eq!(read_len(&[5, 1, 2], &mut pos), Err(ScanError::Truncated));
+    }
+
+    #[test]
+    fn nested_groups_are_skipped_and_bombs_refused() {
+        // field 5 start group, field 6 varint 1, field 5 end group
+        let ok = [(5 << 3) | 3, (6 << 3), 1, (5 << 3) | 4];
+        let mut pos = 1;
+        skip_field(&ok, &mut pos, 5, WireType::StartGroup).unwrap();
+        assert_eq!(pos, ok.len());
+
+        let bomb = vec![(5u8 << 3) | 3; 1000];
+        let mut pos = 1;
+        assert_eq!(skip_field(&bomb, &mut pos, 5, WireType::StartGroup), Err(ScanError::TooDeep));
+    }
+}
