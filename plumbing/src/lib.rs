@@ -1,1 +1,20 @@
-//! placeholder
+//! Shared machinery of every component: the pieces that must behave the same everywhere.
+//!
+//! Layout:
+//! - [`diode`]: the bounded many-writer / one-reader ring buffer that drops the oldest and counts it.
+//! - [`telemetry`]: a tiny Prometheus registry (the original's counter names: `ingress`, `egress`,
+//!   `dropped{direction}`, ...) and the `/metrics` HTTP server.
+//! - [`tls`]: mutual-TLS configuration from CA/cert/key files for tonic servers and clients.
+//! - [`shutdown`]: turning a shutdown future into a cancellation token, and bounded drains.
+//! - `test_support` (feature `test-support`): `wait_until`, in-process test certificates.
+
+pub mod diode;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
+
+pub use diode::Diode;
+pub use telemetry::{Counter, Gauge, Registry};

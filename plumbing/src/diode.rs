@@ -1,0 +1,240 @@
+//! A bounded many-writer / one-reader ring buffer that never makes a writer wait.
+//!
+//! This is Loggregator's "diode": when the reader falls behind and the buffer is full, a write
+//! displaces the oldest entry, and the displaced entry is counted as dropped. Writers never block
+//! and never wait for the reader; the reader can await new data without spinning.
+//!
+//! Accounting is exact: at any quiescent point `written == read + dropped + len`.
+//!
+//! Built on `crossbeam_queue::ArrayQueue::force_push`, which returns the displaced element, and
+//! `tokio::sync::Notify`, whose stored permit means a push between the reader's empty check and its
+//! wait is never missed.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::Notify;
+
+pub struct Diode<T> {
+    queue: ArrayQueue<T>,
+    notify: Notify,
+    /// Set by the reader before it parks, so writers only pay for a wake-up when one is needed.
+    reader_waiting: AtomicBool,
+    written: AtomicU64,
+    read: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl<T> Diode<T> {
+    pub fn new(capacity: NonZeroUsize) -> Self {
+        Self {
+            queue: ArrayQueue::new(capacity.get()),
+            notify: Notify::new(),
+            reader_waiting: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `value`; if the diode is full, the oldest entry is dropped and returned (and counted).
+    pub fn push(&self, value: T) -> Option<T> {
+        self.written.fetch_add(1, Ordering::Relaxed);
+        let displaced = self.queue.force_push(value);
+        if displaced.is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        // Pairs with the fence in `wait_for_data`: either the reader sees our entry, or we see its
+        // flag (a store-load handshake, so both sides need a full fence).
+        fence(Ordering::SeqCst);
+        if self.reader_waiting.load(Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+        displaced
+    }
+
+    /// Takes the oldest entry, if any.
+    pub fn try_pop(&self) -> Option<T> {
+        let value = self.queue.pop();
+        if value.is_some() {
+            self.read.fetch_add(1, Ordering::Relaxed);
+        }
+        value
+    }
+
+    /// Moves up to `max` entries into `out`, oldest first; returns how many.
+    pub fn pop_batch(&self, out: &mut Vec<T>, max: usize) -> usize {
+        let mut taken = 0;
+        while taken < max {
+            match self.queue.pop() {
+                Some(value) => {
+                    out.push(value);
+                    taken += 1;
+                }
+                None => break,
+            }
+        }
+        if taken > 0 {
+            self.read.fetch_add(taken as u64, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Waits until the diode holds at least one entry. Only the single reader may call this.
+    pub async fn wait_for_data(&self) {
+        loop {
+            if !self.queue.is_empty() {
+                return;
+            }
+            self.reader_waiting.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            // Re-check after announcing ourselves: a push that missed the flag is seen here, and a
+            // push after it stores a Notify permit, so the wait below cannot miss it.
+            if !self.queue.is_empty() {
+                self.reader_waiting.store(false, Ordering::Relaxed);
+                return;
+            }
+            self.notify.notified().await;
+            self.reader_waiting.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes the oldest entry, waiting for one if empty.
+    pub async fn pop(&self) -> T {
+        loop {
+            if let Some(value) = self.try_pop() {
+                return value;
+            }
+            self.wait_for_data().await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn diode<T>(capacity: usize) -> Diode<T> {
+        Diode::new(NonZeroUsize::new(capacity).expect("test capacity is non-zero"))
+    }
+
+    #[test]
+    fn full_diode_drops_the_oldest_and_counts_it() {
+        let d = diode(3);
+        for i in 0..5 {
+            d.push(i);
+        }
+        assert_eq!(d.dropped(), 2);
+        let mut out = Vec::new();
+        d.pop_batch(&mut out, 10);
+        assert_eq!(out, vec![2, 3, 4]);
+        assert_eq!(d.written(), 5);
+        assert_eq!(d.read(), 3);
+    }
+
+    #[test]
+    fn pop_batch_respects_max() {
+        let d = diode(10);
+        for i in 0..7 {
+            d.push(i);
+        }
+        let mut out = Vec::new();
+        assert_eq!(d.pop_batch(&mut out, 4), 4);
+        assert_eq!(out, vec![0, 1, 2, 3]);
+        assert_eq!(d.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_and_one_reader_account_for_every_entry() {
+        const WRITERS: u64 = 4;
+        const PER_WRITER: u64 = 50_000;
+        let d = Arc::new(diode::<(u64, u64)>(64));
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let d = Arc::clone(&d);
+                std::thread::spawn(move || {
+                    for i in 0..PER_WRITER {
+                        d.push((w, i));
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                let mut seen = 0u64;
+                let mut last = [None::<u64>; WRITERS as usize];
+                let mut batch = Vec::new();
+                loop {
+                    batch.clear();
+                    if d.pop_batch(&mut batch, 100) == 0 {
+                        if d.written() == WRITERS * PER_WRITER && d.is_empty() {
+                            return seen;
+                        }
+                        // Bounded wait: writers may be finished with nothing left to wake us.
+                        let _ = tokio::time::timeout(Duration::from_millis(50), d.wait_for_data()).await;
+                        continue;
+                    }
+                    for &(w, i) in &batch {
+                        // Per writer, entries come out in the order they went in.
+                        if let Some(prev) = last[w as usize] {
+                            assert!(i > prev, "writer {w}: {i} after {prev}");
+                        }
+                        last[w as usize] = Some(i);
+                    }
+                    seen += batch.len() as u64;
+                }
+            })
+        };
+        for w in writers {
+            w.join().expect("writer thread panicked");
+        }
+        let seen = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("reader finished")
+            .expect("reader did not panic");
+        assert_eq!(d.written(), WRITERS * PER_WRITER);
+        assert_eq!(d.written(), d.read() + d.dropped());
+        assert_eq!(seen, d.read());
+    }
+
+    #[tokio::test]
+    async fn reader_wakes_when_a_writer_pushes() {
+        let d = Arc::new(diode::<u32>(4));
+        let reader = {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move { d.pop().await })
+        };
+        tokio::task::yield_now().await;
+        d.push(42);
+        let value = tokio::time::timeout(Duration::from_secs(5), reader).await.expect("woken").expect("no panic");
+        assert_eq!(value, 42);
+    }
+}

@@ -1,0 +1,123 @@
+//! Mutual TLS from CA, certificate and key files, for tonic servers and clients and for HTTPS.
+//!
+//! Plaintext stays the loopback default; a component given [`TlsFiles`] serves TLS and requires
+//! client certificates signed by the CA (PROTOCOLS.md §2.7: all internal gRPC is mutual TLS, and
+//! clients verify the server names `metron`, `doppler`, `reverselogproxy`, `log-cache`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// Paths of the PEM files of one side of a mutual-TLS connection.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA that signs the peers' certificates.
+    pub ca_file: PathBuf,
+    /// This side's certificate chain.
+    pub cert_file: PathBuf,
+    /// This side's private key (never logged).
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid PEM in {path}: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("invalid TLS configuration: {0}")]
+    Config(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+}
+
+impl TlsFiles {
+    /// A tonic server config that presents our certificate and requires a client certificate.
+    pub fn server_config(&self) -> Result<ServerTlsConfig, TlsError> {
+        let identity = Identity::from_pem(read(&self.cert_file)?, read(&self.key_file)?);
+        Ok(ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(read(&self.ca_file)?)))
+    }
+
+    /// A tonic client config that presents our certificate and verifies the server as `server_name`.
+    pub fn client_config(&self, server_name: &str) -> Result<ClientTlsConfig, TlsError> {
+        let identity = Identity::from_pem(read(&self.cert_file)?, read(&self.key_file)?);
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca_file)?))
+            .identity(identity)
+            .domain_name(server_name))
+    }
+
+    /// A rustls server config for HTTPS endpoints, requiring client certificates signed by the CA.
+    pub fn rustls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let certs = self.certs()?;
+        let key = self.key()?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in pem_certs(&self.ca_file)? {
+            roots.add(ca).map_err(|e| TlsError::Config(e.to_string()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(Arc::new(config))
+    }
+
+    fn certs(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+        pem_certs(&self.cert_file)
+    }
+
+    fn key(&self) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+        let pem = read(&self.key_file)?;
+        rustls_pemfile::private_key(&mut &pem[..])
+            .map_err(|e| TlsError::Pem { path: self.key_file.clone(), reason: e.to_string() })?
+            .ok_or_else(|| TlsError::Pem { path: self.key_file.clone(), reason: "no private key".into() })
+    }
+}
+
+fn pem_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &pem[..]).collect();
+    let certs = certs.map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem { path: path.to_path_buf(), reason: "no certificate".into() });
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TestPki;
+
+    #[test]
+    fn loads_generated_certificates() {
+        let pki = TestPki::new(&["doppler"]);
+        let files = pki.server_files();
+        files.server_config().expect("server config");
+        files.client_config("doppler").expect("client config");
+        files.rustls_server_config().expect("rustls config");
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let files = TlsFiles {
+            ca_file: "/nonexistent/ca.pem".into(),
+            cert_file: "/nonexistent/cert.pem".into(),
+            key_file: "/nonexistent/key.pem".into(),
+        };
+        let err = files.rustls_server_config().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/"), "{err}");
+        assert!(matches!(err, TlsError::Read { .. }), "{err}");
+    }
+}
