@@ -316,12 +316,7 @@ fn scan_name(buf: &[u8], range: Range<usize>) -> Result<Option<Range<usize>>, Sc
 }
 
 /// Walks the `metrics` map entries of a Gauge, hashing each distinct key.
-fn scan_gauge(
-    buf: &[u8],
-    range: Range<usize>,
-    meta: &mut EnvelopeMeta,
-    keys: &mut GaugeKeys,
-) -> Result<(), ScanError> {
+fn scan_gauge(buf: &[u8], range: Range<usize>, meta: &mut EnvelopeMeta, keys: &mut GaugeKeys) -> Result<(), ScanError> {
     let msg = &buf[..range.end];
     let mut pos = range.start;
     while pos < range.end {
