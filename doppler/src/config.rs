@@ -1,0 +1,65 @@
+//! Doppler configuration: loopback defaults that run with no file at all.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use plumbing::tls::TlsFiles;
+use serde::Deserialize;
+
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:8082";
+/// Doppler v2 egress diode size of the original (PROTOCOLS.md §2.5).
+pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 1000;
+/// gRPC max receive message of the original (§2.7).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the gRPC server (v2 Ingress and Egress).
+    pub grpc_addr: SocketAddr,
+    /// Envelopes buffered per subscription; a slow subscriber loses the oldest beyond this.
+    pub subscription_buffer: NonZeroUsize,
+    /// Most envelopes per egress batch.
+    pub batch_size: NonZeroUsize,
+    /// Longest an envelope waits in a subscription before its batch is sent.
+    #[serde(with = "humantime_ms")]
+    pub flush_interval: Duration,
+    /// Largest gRPC message accepted.
+    pub max_message_bytes: usize,
+    /// Most concurrent egress subscriptions; more are refused with RESOURCE_EXHAUSTED.
+    pub max_subscriptions: usize,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub max_streams_per_connection: u32,
+    /// How long a shutdown waits for ingress streams to end and egress buffers to flush.
+    #[serde(with = "humantime_ms")]
+    pub shutdown_grace: Duration,
+    /// Mutual TLS; plaintext when absent.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("constant address parses"),
+            subscription_buffer: NonZeroUsize::new(DEFAULT_SUBSCRIPTION_BUFFER).expect("non-zero constant"),
+            batch_size: NonZeroUsize::new(100).expect("non-zero constant"),
+            flush_interval: Duration::from_millis(100),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_subscriptions: 1000,
+            max_streams_per_connection: 1024,
+            shutdown_grace: Duration::from_secs(5),
+            tls: None,
+        }
+    }
+}
+
+/// Durations in config files are integer milliseconds (`flush_interval = 100`).
+pub mod humantime_ms {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

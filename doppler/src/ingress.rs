@@ -1,0 +1,110 @@
+//! `loggregator.v2.Ingress` on the Doppler: batches in, routed without decoding (PROTOCOLS.md §2.1).
+//!
+//! Each received batch is one `Bytes` (tonic's receive buffer); the scanner yields every envelope as
+//! a slice of it and the router pushes those slices into subscriber diodes. Routing runs inline in
+//! the stream's task: it never waits (diodes drop the oldest), so no ingress queue is needed, and a
+//! batch is routed whole or, if malformed, not at all.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use loggregator_proto::raw::server::ingress::ingress_server::Ingress;
+use loggregator_proto::raw::{RawBatch, RawBytes};
+use loggregator_proto::v2::{BatchSenderResponse, IngressResponse, SendResponse};
+use loggregator_proto::{RawEnvelope, ScanError};
+use plumbing::Counter;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::router::Router;
+
+/// Counts live ingress streams so a shutdown can wait for them to end.
+#[derive(Default)]
+pub struct ActiveStreams {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl ActiveStreams {
+    fn enter(self: &Arc<Self>) -> ActiveGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(Arc::clone(self))
+    }
+
+    /// Resolves once no ingress stream is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct ActiveGuard(Arc<ActiveStreams>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+pub struct IngressService {
+    router: Arc<Router>,
+    ingress: Counter,
+    active: Arc<ActiveStreams>,
+}
+
+impl IngressService {
+    pub fn new(router: Arc<Router>, ingress: Counter, active: Arc<ActiveStreams>) -> Self {
+        Self { router, ingress, active }
+    }
+}
+
+fn malformed(err: ScanError) -> Status {
+    Status::invalid_argument(format!("malformed envelope batch: {err}"))
+}
+
+#[tonic::async_trait]
+impl Ingress for IngressService {
+    async fn sender(&self, request: Request<Streaming<RawBytes>>) -> Result<Response<IngressResponse>, Status> {
+        let _active = self.active.enter();
+        let mut stream = request.into_inner();
+        while let Some(RawBytes(bytes)) = stream.message().await? {
+            let envelope = RawEnvelope::scan(bytes).map_err(malformed)?;
+            self.router.table().route(&envelope);
+            self.ingress.inc();
+        }
+        Ok(Response::new(IngressResponse {}))
+    }
+
+    async fn batch_sender(
+        &self,
+        request: Request<Streaming<RawBatch>>,
+    ) -> Result<Response<BatchSenderResponse>, Status> {
+        let _active = self.active.enter();
+        let mut stream = request.into_inner();
+        let mut envelopes: Vec<RawEnvelope> = Vec::with_capacity(128);
+        while let Some(batch) = stream.message().await? {
+            envelopes.clear();
+            for envelope in batch.scan() {
+                envelopes.push(envelope.map_err(malformed)?);
+            }
+            let table = self.router.table();
+            for envelope in &envelopes {
+                table.route(envelope);
+            }
+            self.ingress.add(envelopes.len() as u64);
+        }
+        Ok(Response::new(BatchSenderResponse {}))
+    }
+
+    async fn send(&self, _request: Request<RawBatch>) -> Result<Response<SendResponse>, Status> {
+        // The original Doppler answers exactly this (§2.1); agents use BatchSender.
+        Err(Status::unimplemented("this endpoint is not yet implemented"))
+    }
+}
