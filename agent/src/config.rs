@@ -1,0 +1,95 @@
+//! Agent configuration: loopback defaults that run with no file at all.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use plumbing::tls::TlsFiles;
+use serde::Deserialize;
+
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:3458";
+pub const DEFAULT_UDP_ADDR: &str = "127.0.0.1:3457";
+pub const DEFAULT_DOPPLER: &str = "127.0.0.1:8082";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// v2 gRPC ingress address.
+    pub grpc_addr: SocketAddr,
+    /// v1 UDP dropsonde ingress address; `None` disables it.
+    pub udp_addr: Option<SocketAddr>,
+    /// Dopplers as `host:port`. Each is resolved every `resolve_interval`; a name that resolves to
+    /// many addresses (a Kubernetes headless service) contributes all of them.
+    pub dopplers: Vec<String>,
+    /// How often Doppler names are re-resolved.
+    #[serde(with = "ms")]
+    pub resolve_interval: Duration,
+    /// Concurrent connections to Dopplers (spread over all of them).
+    pub connections: NonZeroUsize,
+    /// Envelopes held between ingress and egress; emitters never wait, the oldest is dropped beyond it.
+    pub ingress_buffer: NonZeroUsize,
+    /// Most envelopes per batch sent to a Doppler.
+    pub batch_size: NonZeroUsize,
+    /// Longest an envelope waits for its batch to fill.
+    #[serde(with = "ms")]
+    pub flush_interval: Duration,
+    /// A stream to a Doppler is closed cleanly and reopened after this long, so a Doppler that shuts
+    /// down gracefully receives everything that was sent to it, and new Dopplers get picked up.
+    #[serde(with = "ms")]
+    pub stream_max_age: Duration,
+    /// A stream is also recycled after this many envelopes (the original recycles after ~100,000).
+    pub stream_max_envelopes: u64,
+    /// First and largest wait before retrying an unreachable Doppler.
+    #[serde(with = "ms")]
+    pub backoff_initial: Duration,
+    #[serde(with = "ms")]
+    pub backoff_max: Duration,
+    /// Tags added to every envelope where absent (deployment, job, index, ip, and operator tags).
+    pub tags: BTreeMap<String, String>,
+    /// Largest gRPC message accepted.
+    pub max_message_bytes: usize,
+    /// Mutual TLS for the ingress server.
+    pub tls: Option<TlsFiles>,
+    /// Mutual TLS towards Dopplers (server name `doppler_server_name`).
+    pub doppler_tls: Option<TlsFiles>,
+    pub doppler_server_name: String,
+    /// How long a shutdown waits for buffered envelopes to reach a Doppler.
+    #[serde(with = "ms")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("constant address parses"),
+            udp_addr: Some(DEFAULT_UDP_ADDR.parse().expect("constant address parses")),
+            dopplers: vec![DEFAULT_DOPPLER.to_string()],
+            resolve_interval: Duration::from_secs(10),
+            connections: NonZeroUsize::new(5).expect("non-zero constant"),
+            ingress_buffer: NonZeroUsize::new(10_000).expect("non-zero constant"),
+            batch_size: NonZeroUsize::new(100).expect("non-zero constant"),
+            flush_interval: Duration::from_millis(100),
+            stream_max_age: Duration::from_secs(1),
+            stream_max_envelopes: 100_000,
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            tags: BTreeMap::new(),
+            max_message_bytes: 10 * 1024 * 1024,
+            tls: None,
+            doppler_tls: None,
+            doppler_server_name: "doppler".to_string(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Durations in config files are integer milliseconds.
+mod ms {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

@@ -1,0 +1,347 @@
+//! Agent egress: batches from the ingress diode to the Dopplers over `loggregator.v2.Ingress/BatchSender`.
+//!
+//! One dispatcher task drains the diode into batches (≤ `batch_size`) and hands them to a small
+//! bounded queue; `connections` connection tasks take batches from it, each streaming to one Doppler
+//! picked from the [`DopplerPool`]. When every connection is busy or down, the queue fills, the
+//! dispatcher waits, and the diode (not the emitter) absorbs the backlog, dropping its oldest.
+//!
+//! Failover: a Doppler that refuses a connection or fails a stream is marked down with capped
+//! exponential backoff and receives nothing until it is tried again; its connection moves to another
+//! Doppler with the batch it held. Streams are closed cleanly and reopened every `stream_max_age`, so
+//! a Doppler that shuts down gracefully reads everything it was sent, and new Dopplers (from DNS) are
+//! picked up. Batches a failed stream had not yet taken are recovered and sent elsewhere.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use loggregator_proto::raw::client::ingress::ingress_client::IngressClient;
+use loggregator_proto::raw::EncodedBatch;
+use parking_lot::Mutex;
+use plumbing::{Counter, Diode};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+// === impl DopplerPool ===
+
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+/// The Dopplers this agent knows of and which of them are currently usable.
+pub struct DopplerPool {
+    state: Mutex<(Vec<SocketAddr>, HashMap<SocketAddr, Health>)>,
+    changed: Notify,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+}
+
+impl DopplerPool {
+    pub fn new(backoff_initial: Duration, backoff_max: Duration) -> Self {
+        Self { state: Mutex::new((Vec::new(), HashMap::new())), changed: Notify::new(), backoff_initial, backoff_max }
+    }
+
+    /// Replaces the address list (from resolution); health of known addresses is kept.
+    pub fn set_addrs(&self, mut addrs: Vec<SocketAddr>) {
+        addrs.sort();
+        addrs.dedup();
+        let mut state = self.state.lock();
+        if state.0 != addrs {
+            state.1.retain(|addr, _| addrs.contains(addr));
+            state.0 = addrs;
+            drop(state);
+            self.changed.notify_waiters();
+        }
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.state.lock().0.clone()
+    }
+
+    /// A usable Doppler for connection `slot`: connections spread evenly over the healthy ones.
+    fn pick(&self, slot: usize, rotation: usize) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let state = self.state.lock();
+        let healthy: Vec<SocketAddr> = state
+            .0
+            .iter()
+            .copied()
+            .filter(|a| state.1.get(a).and_then(|h| h.down_until).is_none_or(|until| until <= now))
+            .collect();
+        if healthy.is_empty() {
+            return None;
+        }
+        Some(healthy[(slot + rotation) % healthy.len()])
+    }
+
+    fn mark_failed(&self, addr: SocketAddr) {
+        let mut state = self.state.lock();
+        let health = state.1.entry(addr).or_default();
+        health.failures = health.failures.saturating_add(1);
+        let exponent = health.failures.saturating_sub(1).min(16);
+        let wait = self.backoff_initial.saturating_mul(1 << exponent).min(self.backoff_max);
+        health.down_until = Some(Instant::now() + wait);
+    }
+
+    fn mark_ok(&self, addr: SocketAddr) {
+        if let Some(health) = self.state.lock().1.get_mut(&addr) {
+            *health = Health::default();
+        }
+    }
+
+    /// When the next down Doppler may be retried (or a short wait if none is known yet).
+    fn next_retry(&self) -> Instant {
+        let state = self.state.lock();
+        state.1.values().filter_map(|h| h.down_until).min().unwrap_or_else(|| Instant::now() + self.backoff_initial)
+    }
+
+    async fn wait_for_change_or(&self, deadline: Instant) {
+        let _ = tokio::time::timeout_at(deadline.into(), self.changed.notified()).await;
+    }
+}
+
+/// Resolves every `host:port` entry; a name with many addresses contributes all of them.
+pub async fn resolve(entries: &[String]) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for entry in entries {
+        match tokio::net::lookup_host(entry.as_str()).await {
+            Ok(found) => addrs.extend(found),
+            Err(error) => tracing::warn!(doppler = %entry, %error, "cannot resolve doppler address"),
+        }
+    }
+    addrs
+}
+
+/// Re-resolves the Doppler entries every `interval` until shutdown. An empty result keeps the old list.
+pub async fn run_resolver(
+    pool: Arc<DopplerPool>,
+    entries: Vec<String>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let addrs = resolve(&entries).await;
+        if !addrs.is_empty() {
+            pool.set_addrs(addrs);
+        }
+    }
+}
+
+// === dispatcher ===
+
+/// Drains the diode into batches until shutdown, then flushes what is left and closes the queue.
+pub async fn run_dispatcher(
+    diode: Arc<Diode<Bytes>>,
+    queue: async_channel::Sender<EncodedBatch>,
+    batch_size: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = diode.wait_for_data() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let mut batch = EncodedBatch::with_capacity(batch_size);
+        diode.pop_batch(&mut batch.envelopes, batch_size);
+        if !batch.is_empty() && queue.send(batch).await.is_err() {
+            return;
+        }
+    }
+    while !diode.is_empty() {
+        let mut batch = EncodedBatch::with_capacity(batch_size);
+        diode.pop_batch(&mut batch.envelopes, batch_size);
+        if queue.send(batch).await.is_err() {
+            return;
+        }
+    }
+    queue.close();
+}
+
+// === connections ===
+
+/// The request stream of one `BatchSender` call. Its receiver stays reachable after the call ends,
+/// so batches the call never took can be recovered and sent elsewhere.
+struct Outbox(Arc<Mutex<mpsc::Receiver<EncodedBatch>>>);
+
+impl Stream for Outbox {
+    type Item = EncodedBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.lock().poll_recv(cx)
+    }
+}
+
+pub struct ConnectionSettings {
+    pub stream_max_age: Duration,
+    pub stream_max_envelopes: u64,
+    pub max_message_bytes: usize,
+    pub tls: Option<ClientTlsConfig>,
+    pub grace: Duration,
+}
+
+pub struct Connection {
+    pub slot: usize,
+    pub pool: Arc<DopplerPool>,
+    pub queue: async_channel::Receiver<EncodedBatch>,
+    pub settings: Arc<ConnectionSettings>,
+    pub egress: Counter,
+    pub dropped: Counter,
+}
+
+enum StreamEnd {
+    /// Time or size limit reached: reopen (possibly elsewhere).
+    Recycle,
+    /// The queue is closed and empty: the agent is shutting down.
+    Finished,
+    /// The stream failed.
+    Failed,
+}
+
+impl Connection {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut pending: Vec<EncodedBatch> = Vec::new();
+        let mut rotation = 0usize;
+        let mut channel: Option<(SocketAddr, Channel)> = None;
+        loop {
+            let Some(addr) = self.pool.pick(self.slot, rotation) else {
+                if shutdown.is_cancelled() && self.queue.is_closed() {
+                    self.count_lost(&pending);
+                    return;
+                }
+                self.pool.wait_for_change_or(self.pool.next_retry()).await;
+                continue;
+            };
+            let ch = match &channel {
+                Some((a, ch)) if *a == addr => ch.clone(),
+                _ => match self.connect(addr).await {
+                    Ok(ch) => {
+                        channel = Some((addr, ch.clone()));
+                        ch
+                    }
+                    Err(error) => {
+                        tracing::debug!(doppler = %addr, %error, "doppler unreachable");
+                        self.pool.mark_failed(addr);
+                        rotation += 1;
+                        continue;
+                    }
+                },
+            };
+            match self.stream(ch, &mut pending).await {
+                StreamEnd::Recycle => self.pool.mark_ok(addr),
+                StreamEnd::Finished => {
+                    self.pool.mark_ok(addr);
+                    if pending.is_empty() {
+                        return;
+                    }
+                }
+                StreamEnd::Failed => {
+                    tracing::debug!(doppler = %addr, "doppler stream failed; failing over");
+                    self.pool.mark_failed(addr);
+                    channel = None;
+                    rotation += 1;
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+        let scheme = if self.settings.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            // Go clients ping every 15 s; a Doppler must tolerate it (§2.7) and we do the same.
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(20));
+        if let Some(tls) = &self.settings.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        endpoint.connect().await
+    }
+
+    /// One `BatchSender` call: sends batches until a limit, shutdown, or failure.
+    async fn stream(&self, channel: Channel, pending: &mut Vec<EncodedBatch>) -> StreamEnd {
+        let mut client = IngressClient::new(channel).max_encoding_message_size(self.settings.max_message_bytes);
+        let (tx, rx) = mpsc::channel::<EncodedBatch>(1);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut call = Box::pin(client.batch_sender(Outbox(Arc::clone(&rx))));
+        let opened = tokio::time::Instant::now();
+        let deadline = opened + self.settings.stream_max_age;
+        let mut sent = 0u64;
+        let mut end = StreamEnd::Recycle;
+        loop {
+            let batch = match pending.pop() {
+                Some(batch) => batch,
+                None => tokio::select! {
+                    batch = self.queue.recv() => match batch {
+                        Ok(batch) => batch,
+                        Err(_) => { end = StreamEnd::Finished; break; }
+                    },
+                    result = &mut call => {
+                        end = if result.is_ok() { StreamEnd::Recycle } else { StreamEnd::Failed };
+                        return self.finish(end, sent, &rx, pending);
+                    }
+                    _ = tokio::time::sleep_until(deadline) => break,
+                },
+            };
+            tokio::select! {
+                permit = tx.reserve() => match permit {
+                    Ok(permit) => {
+                        sent += batch.len() as u64;
+                        permit.send(batch);
+                    }
+                    Err(_) => { pending.push(batch); end = StreamEnd::Failed; break; }
+                },
+                result = &mut call => {
+                    pending.push(batch);
+                    end = if result.is_ok() { StreamEnd::Recycle } else { StreamEnd::Failed };
+                    return self.finish(end, sent, &rx, pending);
+                }
+            }
+            if sent >= self.settings.stream_max_envelopes || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        // Close the request stream and wait for the Doppler to confirm it read everything.
+        drop(tx);
+        let result = tokio::time::timeout(self.settings.grace, &mut call).await;
+        let failed = !matches!(result, Ok(Ok(_)));
+        drop(call);
+        self.finish(if failed { StreamEnd::Failed } else { end }, sent, &rx, pending)
+    }
+
+    /// Takes back batches the finished call never consumed, so they go to another Doppler, and counts
+    /// as egress what the call did take.
+    fn finish(
+        &self,
+        end: StreamEnd,
+        sent: u64,
+        rx: &Mutex<mpsc::Receiver<EncodedBatch>>,
+        pending: &mut Vec<EncodedBatch>,
+    ) -> StreamEnd {
+        let mut recovered = 0u64;
+        let mut rx = rx.lock();
+        while let Ok(batch) = rx.try_recv() {
+            recovered += batch.len() as u64;
+            pending.push(batch);
+        }
+        self.egress.add(sent.saturating_sub(recovered));
+        end
+    }
+
+    fn count_lost(&self, pending: &[EncodedBatch]) {
+        let lost: u64 = pending.iter().map(|b| b.len() as u64).sum();
+        self.dropped.add(lost);
+    }
+}

@@ -1,0 +1,129 @@
+//! Agent ingress: v2 gRPC (`Sender`, `BatchSender`, `Send`) and v1 UDP dropsonde (PROTOCOLS.md §2.1, §3.6).
+//!
+//! Every envelope is shaped (§1.4) and pushed into the ingress diode. Pushing never waits: when the
+//! Dopplers fall behind, the diode drops its oldest envelope and counts it (`dropped{direction="ingress"}`),
+//! so an emitter is never blocked by the pipeline behind it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use loggregator_proto::events;
+use loggregator_proto::prost::Message as _;
+use loggregator_proto::raw::server::ingress::ingress_server::Ingress;
+use loggregator_proto::raw::{RawBatch, RawBytes};
+use loggregator_proto::v2::{BatchSenderResponse, IngressResponse, SendResponse};
+use loggregator_proto::RawEnvelope;
+use plumbing::{Counter, Diode};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::shaping::Shaper;
+
+/// The shared front half of the agent: shape, count, buffer.
+pub struct Intake {
+    pub shaper: Shaper,
+    pub diode: Arc<Diode<Bytes>>,
+    pub ingress: Counter,
+    pub dropped: Counter,
+}
+
+impl Intake {
+    fn accept(&self, envelope: RawEnvelope) -> Result<(), Status> {
+        let bytes = self.shaper.shape(envelope).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.ingress.inc();
+        if self.diode.push(bytes).is_some() {
+            self.dropped.inc();
+        }
+        Ok(())
+    }
+
+    /// Scans a whole batch first, so a malformed batch is refused whole rather than half-accepted.
+    fn accept_batch(&self, batch: RawBatch) -> Result<(), Status> {
+        let envelopes: Result<Vec<_>, _> = batch.scan().collect();
+        let envelopes = envelopes.map_err(|e| Status::invalid_argument(format!("malformed envelope batch: {e}")))?;
+        for envelope in envelopes {
+            self.accept(envelope)?;
+        }
+        Ok(())
+    }
+}
+
+pub struct IngressService {
+    intake: Arc<Intake>,
+}
+
+impl IngressService {
+    pub fn new(intake: Arc<Intake>) -> Self {
+        Self { intake }
+    }
+}
+
+#[tonic::async_trait]
+impl Ingress for IngressService {
+    async fn sender(&self, request: Request<Streaming<RawBytes>>) -> Result<Response<IngressResponse>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(RawBytes(bytes)) = stream.message().await? {
+            let envelope =
+                RawEnvelope::scan(bytes).map_err(|e| Status::invalid_argument(format!("malformed envelope: {e}")))?;
+            self.intake.accept(envelope)?;
+        }
+        Ok(Response::new(IngressResponse {}))
+    }
+
+    async fn batch_sender(
+        &self,
+        request: Request<Streaming<RawBatch>>,
+    ) -> Result<Response<BatchSenderResponse>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            self.intake.accept_batch(batch)?;
+        }
+        Ok(Response::new(BatchSenderResponse {}))
+    }
+
+    async fn send(&self, request: Request<RawBatch>) -> Result<Response<SendResponse>, Status> {
+        self.intake.accept_batch(request.into_inner())?;
+        Ok(Response::new(SendResponse {}))
+    }
+}
+
+/// Reads one dropsonde envelope per datagram until `shutdown`; malformed datagrams are counted and skipped.
+pub async fn serve_udp(socket: UdpSocket, intake: Arc<Intake>, malformed: Counter, shutdown: CancellationToken) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let len = tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((len, _)) => len,
+                Err(error) => {
+                    tracing::warn!(%error, "udp ingress receive failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let Some(envelope) = v1_to_v2(&buf[..len]) else {
+            malformed.inc();
+            continue;
+        };
+        let bytes = Bytes::from(envelope.encode_to_vec());
+        match RawEnvelope::scan(bytes) {
+            Ok(raw) => {
+                if intake.accept(raw).is_err() {
+                    malformed.inc();
+                }
+            }
+            Err(_) => malformed.inc(),
+        }
+    }
+}
+
+/// Decodes a dropsonde envelope and converts it (§3.6): `source_id` defaults to `origin`.
+fn v1_to_v2(datagram: &[u8]) -> Option<loggregator_proto::v2::Envelope> {
+    let mut v1 = events::Envelope::decode(datagram).ok()?;
+    let source_id_missing = v1.tags.get("source_id").is_none_or(|s| s.is_empty());
+    if source_id_missing {
+        v1.tags.insert("source_id".to_string(), v1.origin.clone());
+    }
+    loggregator_proto::convert::to_v2(&v1, true)
+}
