@@ -34,6 +34,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 struct Health {
     failures: u32,
     down_until: Option<Instant>,
+    /// Connections currently streaming to this Doppler.
+    active: usize,
 }
 
 /// The Dopplers this agent knows of and which of them are currently usable.
@@ -66,20 +68,26 @@ impl DopplerPool {
         self.state.lock().0.clone()
     }
 
-    /// A usable Doppler for connection `slot`: connections spread evenly over the healthy ones.
-    fn pick(&self, slot: usize, rotation: usize) -> Option<SocketAddr> {
+    /// Takes a usable Doppler for connection `slot`: the healthy one with the fewest connections
+    /// (ties broken by slot, so connections spread). Streams are recycled often, so a Doppler that
+    /// comes back, or appears, gets connections within one `stream_max_age`. Pair with [`Self::release`].
+    fn acquire(&self, slot: usize) -> Option<SocketAddr> {
         let now = Instant::now();
-        let state = self.state.lock();
-        let healthy: Vec<SocketAddr> = state
-            .0
-            .iter()
-            .copied()
-            .filter(|a| state.1.get(a).and_then(|h| h.down_until).is_none_or(|until| until <= now))
-            .collect();
-        if healthy.is_empty() {
-            return None;
+        let mut guard = self.state.lock();
+        let (addrs, health) = &mut *guard;
+        let n = addrs.len();
+        let chosen = (0..n)
+            .map(|i| addrs[(slot + i) % n])
+            .filter(|a| health.get(a).and_then(|h| h.down_until).is_none_or(|until| until <= now))
+            .min_by_key(|a| health.get(a).map_or(0, |h| h.active))?;
+        health.entry(chosen).or_default().active += 1;
+        Some(chosen)
+    }
+
+    fn release(&self, addr: SocketAddr) {
+        if let Some(h) = self.state.lock().1.get_mut(&addr) {
+            h.active = h.active.saturating_sub(1);
         }
-        Some(healthy[(slot + rotation) % healthy.len()])
     }
 
     fn mark_failed(&self, addr: SocketAddr) {
@@ -93,7 +101,8 @@ impl DopplerPool {
 
     fn mark_ok(&self, addr: SocketAddr) {
         if let Some(health) = self.state.lock().1.get_mut(&addr) {
-            *health = Health::default();
+            health.failures = 0;
+            health.down_until = None;
         }
     }
 
@@ -212,10 +221,9 @@ enum StreamEnd {
 impl Connection {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut pending: Vec<EncodedBatch> = Vec::new();
-        let mut rotation = 0usize;
         let mut channel: Option<(SocketAddr, Channel)> = None;
         loop {
-            let Some(addr) = self.pool.pick(self.slot, rotation) else {
+            let Some(addr) = self.pool.acquire(self.slot) else {
                 if shutdown.is_cancelled() && self.queue.is_closed() {
                     self.count_lost(&pending);
                     return;
@@ -232,13 +240,15 @@ impl Connection {
                     }
                     Err(error) => {
                         tracing::debug!(doppler = %addr, %error, "doppler unreachable");
+                        self.pool.release(addr);
                         self.pool.mark_failed(addr);
-                        rotation += 1;
                         continue;
                     }
                 },
             };
-            match self.stream(ch, &mut pending).await {
+            let end = self.stream(ch, &mut pending).await;
+            self.pool.release(addr);
+            match end {
                 StreamEnd::Recycle => self.pool.mark_ok(addr),
                 StreamEnd::Finished => {
                     self.pool.mark_ok(addr);
@@ -250,7 +260,6 @@ impl Connection {
                     tracing::debug!(doppler = %addr, "doppler stream failed; failing over");
                     self.pool.mark_failed(addr);
                     channel = None;
-                    rotation += 1;
                 }
             }
         }

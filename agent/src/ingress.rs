@@ -102,7 +102,7 @@ pub async fn serve_udp(socket: UdpSocket, intake: Arc<Intake>, malformed: Counte
             },
             _ = shutdown.cancelled() => return,
         };
-        let Some(envelope) = v1_to_v2(&buf[..len]) else {
+        let Some(envelope) = v1_to_v2(&buf[..len], intake.shaper.default_tags()) else {
             malformed.inc();
             continue;
         };
@@ -118,9 +118,23 @@ pub async fn serve_udp(socket: UdpSocket, intake: Arc<Intake>, malformed: Counte
     }
 }
 
-/// Decodes a dropsonde envelope and converts it (§3.6): `source_id` defaults to `origin`.
-fn v1_to_v2(datagram: &[u8]) -> Option<loggregator_proto::v2::Envelope> {
+/// Decodes a dropsonde envelope and converts it (§3.6): `source_id` defaults to `origin`, and the
+/// header's deployment, job, index and ip are filled from the agent's tags where missing (before the
+/// conversion, which turns them into tags).
+fn v1_to_v2(datagram: &[u8], default_tags: &[(String, String)]) -> Option<loggregator_proto::v2::Envelope> {
     let mut v1 = events::Envelope::decode(datagram).ok()?;
+    for (key, value) in default_tags {
+        let field = match key.as_str() {
+            "deployment" => &mut v1.deployment,
+            "job" => &mut v1.job,
+            "index" => &mut v1.index,
+            "ip" => &mut v1.ip,
+            _ => continue,
+        };
+        if field.as_deref().is_none_or(str::is_empty) {
+            *field = Some(value.clone());
+        }
+    }
     let source_id_missing = v1.tags.get("source_id").is_none_or(|s| s.is_empty());
     if source_id_missing {
         v1.tags.insert("source_id".to_string(), v1.origin.clone());

@@ -40,6 +40,10 @@ impl Shaper {
         Self { default_tags: default_tags.into_iter().collect(), counter_totals: Mutex::new(HashMap::new()) }
     }
 
+    pub fn default_tags(&self) -> &[(String, String)] {
+        &self.default_tags
+    }
+
     /// Returns the envelope as it should leave the agent.
     pub fn shape(&self, envelope: RawEnvelope) -> Result<Bytes, ShapeError> {
         let needs_decode = envelope.source_id().is_empty()
