@@ -24,12 +24,7 @@ const PROTOS: &[&str] = &[
 const CODEC: &str = "tonic_prost::ProstCodec";
 
 fn method(name: &str, route: &str, input: &str, output: &str) -> tonic_prost_build::manual::MethodBuilder {
-    Method::builder()
-        .name(name)
-        .route_name(route)
-        .input_type(input)
-        .output_type(output)
-        .codec_path(CODEC)
+    Method::builder().name(name).route_name(route).input_type(input).output_type(output).codec_path(CODEC)
 }
 
 /// The v2 services with raw message types. `batch_in` is what the receiving side decodes,
@@ -39,7 +34,11 @@ fn raw_services(batch_in: &str, batch_out: &str, envelope_in: &str, envelope_out
         .name("Ingress")
         .package("loggregator.v2")
         .method(method("sender", "Sender", envelope_in, "crate::v2::IngressResponse").client_streaming().build())
-        .method(method("batch_sender", "BatchSender", batch_in, "crate::v2::BatchSenderResponse").client_streaming().build())
+        .method(
+            method("batch_sender", "BatchSender", batch_in, "crate::v2::BatchSenderResponse")
+                .client_streaming()
+                .build(),
+        )
         .method(method("send", "Send", batch_in, "crate::v2::SendResponse").build())
         .build();
     let egress = Service::builder()
@@ -62,10 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     // Payloads and opaque v1 envelopes stay `Bytes`, so decoding them slices the input, never copies.
     config.bytes(["."]);
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds_with_config(files, config)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds_with_config(files, config)?;
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let server_dir = out.join("raw_server");
@@ -73,14 +69,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&server_dir)?;
     std::fs::create_dir_all(&client_dir)?;
     // A server decodes whole batches as one `RawBatch` and encodes egress from envelope slices.
-    Builder::new()
-        .build_client(false)
-        .out_dir(&server_dir)
-        .compile(&raw_services("crate::raw::RawBatch", "crate::raw::EncodedBatch", "crate::raw::RawBytes", "crate::raw::RawBytes"));
+    Builder::new().build_client(false).out_dir(&server_dir).compile(&raw_services(
+        "crate::raw::RawBatch",
+        "crate::raw::EncodedBatch",
+        "crate::raw::RawBytes",
+        "crate::raw::RawBytes",
+    ));
     // A client encodes ingress from envelope slices and receives egress batches undecoded.
-    Builder::new()
-        .build_server(false)
-        .out_dir(&client_dir)
-        .compile(&raw_services("crate::raw::EncodedBatch", "crate::raw::RawBatch", "crate::raw::RawBytes", "crate::raw::RawBytes"));
+    Builder::new().build_server(false).out_dir(&client_dir).compile(&raw_services(
+        "crate::raw::EncodedBatch",
+        "crate::raw::RawBatch",
+        "crate::raw::RawBytes",
+        "crate::raw::RawBytes",
+    ));
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use crate::scan::ScanError;
 
-/// The protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
+/// The protobuf wire types (<https://protobuf.dev/programming-guides/encoding/>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireType {
     Varint,
@@ -129,7 +129,7 @@ fn advance(buf: &[u8], pos: &mut usize, n: usize) -> Result<(), ScanError> {
 #[inline]
 pub fn varint_len(value: u64) -> usize {
     // 1 byte per 7 bits, at least one.
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends `value` as a varint.
