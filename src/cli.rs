@@ -1,0 +1,231 @@
+//! Command line: subcommands, flags and environment variables, layered over TOML config files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use plumbing::tls::TlsFiles;
+use plumbing::Registry;
+use serde::de::DeserializeOwned;
+
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:14824";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loggregator",
+    version,
+    about = "A logging and metrics pipeline in the style of Cloud Foundry's Loggregator"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Every component in one process on loopback (the default with no subcommand).
+    All(AllArgs),
+    /// The agent: v2 gRPC and v1 UDP ingress, batching to every Doppler.
+    Agent(AgentArgs),
+    /// A Doppler: the sharded middle tier fanning envelopes out to subscribers.
+    Doppler(DopplerArgs),
+    /// A Log Cache node: the in-memory store of recent envelopes with its gRPC and HTTP APIs.
+    LogCache(LogCacheArgs),
+}
+
+/// Flags every component has.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// TOML file with the component's configuration (flags and environment override it).
+    #[arg(long, env = "LOGGREGATOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, env = "METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    metrics_addr: SocketAddr,
+}
+
+/// Mutual TLS for a server: all three or none.
+#[derive(Args, Debug, Clone)]
+struct TlsArgs {
+    /// CA certificate (PEM) that signs the peers' certificates.
+    #[arg(long, env = "TLS_CA_FILE", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This server's certificate (PEM).
+    #[arg(long, env = "TLS_CERT_FILE", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// This server's private key (PEM).
+    #[arg(long, env = "TLS_KEY_FILE", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            ca_file: self.tls_ca.clone()?,
+            cert_file: self.tls_cert.clone()?,
+            key_file: self.tls_key.clone()?,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct AllArgs {
+    /// Address of the Prometheus `/metrics` endpoint of every component.
+    #[arg(long, env = "METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    metrics_addr: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// v2 gRPC ingress address.
+    #[arg(long, env = "AGENT_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// v1 UDP ingress address.
+    #[arg(long, env = "AGENT_UDP_ADDR")]
+    udp_addr: Option<SocketAddr>,
+    /// Turns the v1 UDP ingress off.
+    #[arg(long, env = "AGENT_DISABLE_UDP")]
+    disable_udp: bool,
+    /// Doppler `host:port`, repeatable or comma-separated; a DNS name may resolve to many Dopplers.
+    #[arg(long = "doppler", env = "AGENT_DOPPLERS", value_delimiter = ',')]
+    dopplers: Vec<String>,
+    /// Default tag `key=value` added where absent (deployment, job, index, ip, ...), repeatable.
+    #[arg(long = "tag", env = "AGENT_TAGS", value_delimiter = ',')]
+    tags: Vec<String>,
+    /// CA, certificate and key (PEM) for mutual TLS towards the Dopplers.
+    #[arg(long, env = "AGENT_DOPPLER_CA_FILE", requires_all = ["doppler_cert", "doppler_key"])]
+    doppler_ca: Option<PathBuf>,
+    #[arg(long, env = "AGENT_DOPPLER_CERT_FILE", requires_all = ["doppler_ca", "doppler_key"])]
+    doppler_cert: Option<PathBuf>,
+    #[arg(long, env = "AGENT_DOPPLER_KEY_FILE", requires_all = ["doppler_ca", "doppler_cert"])]
+    doppler_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DopplerArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// gRPC address (v2 Ingress and Egress).
+    #[arg(long, env = "DOPPLER_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// Envelopes buffered per subscription before the oldest is dropped.
+    #[arg(long, env = "DOPPLER_SUBSCRIPTION_BUFFER")]
+    subscription_buffer: Option<std::num::NonZeroUsize>,
+}
+
+#[derive(Args, Debug)]
+struct LogCacheArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Reads a component's TOML config, or its defaults when no file is given.
+fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Serves `/metrics` in the background until shutdown.
+pub async fn spawn_metrics(
+    addr: SocketAddr,
+    registry: Registry,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener =
+        plumbing::telemetry::bind_metrics(addr).await.with_context(|| format!("binding metrics address {addr}"))?;
+    let bound = listener.local_addr()?;
+    let handle = tokio::spawn(async move {
+        if let Err(error) = plumbing::telemetry::serve_metrics(listener, registry, shutdown.cancelled_owned()).await {
+            tracing::error!(%error, "metrics server failed");
+        }
+    });
+    Ok((bound, handle))
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            None => crate::all_in_one::run(DEFAULT_METRICS_ADDR.parse()?).await,
+            Some(Command::All(args)) => crate::all_in_one::run(args.metrics_addr).await,
+            Some(Command::Agent(args)) => run_agent(args).await,
+            Some(Command::Doppler(args)) => run_doppler(args).await,
+            Some(Command::LogCache(args)) => run_log_cache(args).await,
+        }
+    }
+}
+
+fn parse_tags(tags: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    tags.iter()
+        .map(|t| {
+            let (k, v) = t.split_once('=').with_context(|| format!("invalid tag `{t}`: expected key=value"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut config: agent::Config = load(args.common.config.as_deref())?;
+    if let Some(addr) = args.grpc_addr {
+        config.grpc_addr = addr;
+    }
+    if let Some(addr) = args.udp_addr {
+        config.udp_addr = Some(addr);
+    }
+    if args.disable_udp {
+        config.udp_addr = None;
+    }
+    if !args.dopplers.is_empty() {
+        config.dopplers = args.dopplers;
+    }
+    config.tags.extend(parse_tags(&args.tags)?);
+    if let Some(tls) = args.tls.files() {
+        config.tls = Some(tls);
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (args.doppler_ca, args.doppler_cert, args.doppler_key) {
+        config.doppler_tls = Some(TlsFiles { ca_file: ca, cert_file: cert, key_file: key });
+    }
+    tracing::info!(?config, "agent configuration");
+    let registry = Registry::new();
+    let token = tokio_util::sync::CancellationToken::new();
+    let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
+    let agent = agent::Agent::bind(config, &registry.scoped("agent")).await?;
+    agent.serve(crate::shutdown_signal()).await?;
+    token.cancel();
+    let _ = metrics.await;
+    Ok(())
+}
+
+async fn run_doppler(args: DopplerArgs) -> anyhow::Result<()> {
+    let mut config: doppler::Config = load(args.common.config.as_deref())?;
+    if let Some(addr) = args.grpc_addr {
+        config.grpc_addr = addr;
+    }
+    if let Some(size) = args.subscription_buffer {
+        config.subscription_buffer = size;
+    }
+    if let Some(tls) = args.tls.files() {
+        config.tls = Some(tls);
+    }
+    tracing::info!(?config, "doppler configuration");
+    let registry = Registry::new();
+    let token = tokio_util::sync::CancellationToken::new();
+    let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
+    let doppler = doppler::Doppler::bind(config, &registry.scoped("doppler")).await?;
+    doppler.serve(crate::shutdown_signal()).await?;
+    token.cancel();
+    let _ = metrics.await;
+    Ok(())
+}
+
+async fn run_log_cache(args: LogCacheArgs) -> anyhow::Result<()> {
+    let _ = args;
+    anyhow::bail!("log-cache is not wired into the binary yet")
+}
