@@ -61,7 +61,7 @@ impl Shaper {
     fn append_missing_tags(&self, bytes: Bytes) -> Result<Bytes, ShapeError> {
         let present = tag_keys(&bytes)?;
         let missing: Vec<&(String, String)> =
-            self.default_tags.iter().filter(|(k, _)| !present.iter().any(|p| *p == k.as_bytes())).collect();
+            self.default_tags.iter().filter(|(k, _)| !present.contains(&k.as_bytes())).collect();
         if missing.is_empty() {
             return Ok(bytes);
         }
