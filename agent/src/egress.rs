@@ -94,9 +94,14 @@ impl DopplerPool {
         let mut state = self.state.lock();
         let health = state.1.entry(addr).or_default();
         health.failures = health.failures.saturating_add(1);
-        let exponent = health.failures.saturating_sub(1).min(16);
-        let wait = self.backoff_initial.saturating_mul(1 << exponent).min(self.backoff_max);
+        let wait = self.backoff(health.failures);
         health.down_until = Some(Instant::now() + wait);
+    }
+
+    /// Wait after `failures` consecutive failures: doubling from `backoff_initial`, capped.
+    fn backoff(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(16);
+        self.backoff_initial.saturating_mul(1 << exponent).min(self.backoff_max)
     }
 
     fn mark_ok(&self, addr: SocketAddr) {
@@ -352,5 +357,64 @@ impl Connection {
     fn count_lost(&self, pending: &[EncodedBatch]) {
         let lost: u64 = pending.iter().map(|b| b.len() as u64).sum();
         self.dropped.add(lost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn connections_spread_over_healthy_dopplers() {
+        let pool = DopplerPool::new(Duration::from_secs(60), Duration::from_secs(60));
+        pool.set_addrs(vec![addr(1), addr(2), addr(3)]);
+        let picked: Vec<SocketAddr> = (0..6).map(|slot| pool.acquire(slot).unwrap()).collect();
+        for a in [addr(1), addr(2), addr(3)] {
+            assert_eq!(picked.iter().filter(|p| **p == a).count(), 2, "{picked:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_doppler_gets_nothing_until_its_backoff_expires() {
+        let pool = DopplerPool::new(Duration::from_secs(60), Duration::from_secs(60));
+        pool.set_addrs(vec![addr(1), addr(2)]);
+        pool.mark_failed(addr(1));
+        for slot in 0..4 {
+            assert_eq!(pool.acquire(slot), Some(addr(2)));
+        }
+        let quick = DopplerPool::new(Duration::ZERO, Duration::ZERO);
+        quick.set_addrs(vec![addr(1)]);
+        quick.mark_failed(addr(1));
+        assert_eq!(quick.acquire(0), Some(addr(1)), "retried once the backoff is over");
+    }
+
+    #[test]
+    fn a_new_doppler_is_preferred_when_connections_recycle() {
+        let pool = DopplerPool::new(Duration::from_secs(60), Duration::from_secs(60));
+        pool.set_addrs(vec![addr(1), addr(2)]);
+        let held: Vec<SocketAddr> = (0..4).map(|slot| pool.acquire(slot).unwrap()).collect();
+        pool.set_addrs(vec![addr(1), addr(2), addr(3)]);
+        // One connection recycles: it releases its Doppler and picks the idle newcomer.
+        pool.release(held[0]);
+        assert_eq!(pool.acquire(0), Some(addr(3)));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let pool = DopplerPool::new(Duration::from_millis(100), Duration::from_millis(350));
+        let waits: Vec<u128> = (1..=4).map(|f| pool.backoff(f).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 350, 350]);
+    }
+
+    #[tokio::test]
+    async fn names_resolve_to_every_address() {
+        let found = resolve(&["localhost:8082".to_string(), "127.0.0.2:9".to_string()]).await;
+        assert!(found.contains(&SocketAddr::from(([127, 0, 0, 2], 9))), "{found:?}");
+        assert!(found.iter().any(|a| a.port() == 8082 && a.ip().is_loopback()), "{found:?}");
+        assert!(resolve(&["not a host name:1".to_string()]).await.is_empty());
     }
 }
