@@ -1,8 +1,8 @@
 use super::*;
 use crate::raw::EncodedBatch;
 use crate::v2::{self, envelope::Message, Envelope, EnvelopeBatch};
-use prost::Message as _;
 use proptest::prelude::*;
+use prost::Message as _;
 use std::collections::HashMap;
 
 fn gauge(keys: &[&str]) -> Message {
@@ -79,9 +79,12 @@ fn scanned_slices_are_views_of_the_input_not_copies() {
 fn repeated_oneof_members_follow_prost_merge_rules() {
     // counter{name:"a"} then counter{delta:1} merges (name stays "a"); then gauge replaces it.
     let mut bytes = Vec::new();
-    Envelope { message: Some(Message::Counter(v2::Counter { name: "a".into(), ..Default::default() })), ..Default::default() }
-        .encode(&mut bytes)
-        .unwrap();
+    Envelope {
+        message: Some(Message::Counter(v2::Counter { name: "a".into(), ..Default::default() })),
+        ..Default::default()
+    }
+    .encode(&mut bytes)
+    .unwrap();
     Envelope { message: Some(Message::Counter(v2::Counter { delta: 1, ..Default::default() })), ..Default::default() }
         .encode(&mut bytes)
         .unwrap();
@@ -117,7 +120,10 @@ fn malformed_input_is_an_error_not_a_panic() {
     // timestamp (field 1) sent as length-delimited
     assert_eq!(BatchScanner::collect_all(Bytes::from_static(&[0x0a, 0x02, 0x0a, 0x00])), Err(ScanError::WrongWireType));
     // source_id that is not UTF-8
-    assert_eq!(BatchScanner::collect_all(Bytes::from_static(&[0x0a, 0x03, 0x12, 0x01, 0xff])), Err(ScanError::InvalidUtf8));
+    assert_eq!(
+        BatchScanner::collect_all(Bytes::from_static(&[0x0a, 0x03, 0x12, 0x01, 0xff])),
+        Err(ScanError::InvalidUtf8)
+    );
     // field number zero
     assert_eq!(BatchScanner::collect_all(Bytes::from_static(&[0x02, 0x00])), Err(ScanError::InvalidKey));
     // a group bomb inside an envelope
@@ -156,8 +162,11 @@ fn arb_message() -> impl Strategy<Value = Option<Message>> {
                 metrics: m.into_iter().map(|(k, (unit, value))| (k, v2::GaugeValue { unit, value })).collect(),
             }))
         }),
-        (arb_string(), any::<i64>(), any::<i64>())
-            .prop_map(|(name, start, stop)| Some(Message::Timer(v2::Timer { name, start, stop }))),
+        (arb_string(), any::<i64>(), any::<i64>()).prop_map(|(name, start, stop)| Some(Message::Timer(v2::Timer {
+            name,
+            start,
+            stop
+        }))),
         (arb_string(), arb_string()).prop_map(|(title, body)| Some(Message::Event(v2::Event { title, body }))),
     ]
 }
