@@ -9,7 +9,7 @@ use plumbing::tls::TlsFiles;
 use plumbing::Registry;
 use serde::de::DeserializeOwned;
 
-pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:14824";
+use loggregator::pipeline::DEFAULT_METRICS_ADDR;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -124,6 +124,32 @@ struct DopplerArgs {
 struct LogCacheArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// gRPC address (Egress Read/Meta, Ingress Send, PromQLQuerier).
+    #[arg(long, env = "LOG_CACHE_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP API address (`/api/v1/read`, `/meta`, `/query`, `/query_range`, `/info`).
+    #[arg(long, env = "LOG_CACHE_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Doppler (or RLP) `host:port` the nozzle subscribes to, repeatable or comma-separated.
+    #[arg(long = "doppler", env = "LOG_CACHE_DOPPLERS", value_delimiter = ',')]
+    dopplers: Vec<String>,
+    /// Most envelopes kept per source id.
+    #[arg(long, env = "MAX_PER_SOURCE")]
+    max_per_source: Option<std::num::NonZeroUsize>,
+    /// Memory cap in bytes (overrides the percentage).
+    #[arg(long, env = "MEMORY_LIMIT_BYTES")]
+    memory_limit_bytes: Option<u64>,
+    /// Memory cap as a percentage of the machine's memory.
+    #[arg(long, env = "MEMORY_LIMIT_PERCENT")]
+    memory_limit_percent: Option<f64>,
+    /// gRPC addresses of every node of the cluster, in the same order on every node.
+    #[arg(long = "node-addr", env = "NODE_ADDRS", value_delimiter = ',')]
+    node_addrs: Vec<String>,
+    /// This node's index in `--node-addr`.
+    #[arg(long, env = "NODE_INDEX")]
+    node_index: Option<usize>,
 }
 
 /// Reads a component's TOML config, or its defaults when no file is given.
@@ -153,13 +179,27 @@ pub async fn spawn_metrics(
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            None => crate::all_in_one::run(DEFAULT_METRICS_ADDR.parse()?).await,
-            Some(Command::All(args)) => crate::all_in_one::run(args.metrics_addr).await,
+            None => run_all(DEFAULT_METRICS_ADDR.parse()?).await,
+            Some(Command::All(args)) => run_all(args.metrics_addr).await,
             Some(Command::Agent(args)) => run_agent(args).await,
             Some(Command::Doppler(args)) => run_doppler(args).await,
             Some(Command::LogCache(args)) => run_log_cache(args).await,
         }
     }
+}
+
+async fn run_all(metrics_addr: SocketAddr) -> anyhow::Result<()> {
+    let mut config = loggregator::pipeline::PipelineConfig::loopback_defaults();
+    config.metrics_addr = metrics_addr;
+    let pipeline = loggregator::pipeline::Pipeline::bind(config).await?;
+    let rows = pipeline.endpoints().table();
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    println!("loggregator: all components on loopback (Ctrl-C to stop)");
+    println!("  {:width$}  address", "endpoint");
+    for (name, addr) in &rows {
+        println!("  {name:width$}  {addr}");
+    }
+    pipeline.serve(crate::shutdown_signal()).await
 }
 
 fn parse_tags(tags: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -226,6 +266,41 @@ async fn run_doppler(args: DopplerArgs) -> anyhow::Result<()> {
 }
 
 async fn run_log_cache(args: LogCacheArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("log-cache is not wired into the binary yet")
+    let mut config: log_cache::Config = load(args.common.config.as_deref())?;
+    if let Some(addr) = args.grpc_addr {
+        config.grpc_addr = addr;
+    }
+    if let Some(addr) = args.http_addr {
+        config.http_addr = addr;
+    }
+    if !args.dopplers.is_empty() {
+        config.nozzle.addrs = args.dopplers;
+    }
+    if let Some(n) = args.max_per_source {
+        config.max_per_source = n;
+    }
+    if let Some(bytes) = args.memory_limit_bytes {
+        config.memory_limit_bytes = Some(bytes);
+    }
+    if let Some(percent) = args.memory_limit_percent {
+        config.memory_limit_percent = percent;
+    }
+    if !args.node_addrs.is_empty() {
+        config.node_addrs = args.node_addrs;
+    }
+    if let Some(index) = args.node_index {
+        config.node_index = index;
+    }
+    if let Some(tls) = args.tls.files() {
+        config.tls = Some(tls);
+    }
+    tracing::info!(?config, "log-cache configuration");
+    let registry = Registry::new();
+    let token = tokio_util::sync::CancellationToken::new();
+    let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
+    let log_cache = log_cache::LogCache::bind(config, &registry.scoped("log-cache")).await?;
+    log_cache.serve(crate::shutdown_signal()).await?;
+    token.cancel();
+    let _ = metrics.await;
+    Ok(())
 }

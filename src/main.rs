@@ -4,7 +4,6 @@
 //! runs) and prints the endpoint table; `loggregator <component>` runs one component of a real
 //! multi-host deployment, configured by defaults < `--config` TOML file < environment < flags.
 
-mod all_in_one;
 mod cli;
 
 use anyhow::Context as _;

@@ -186,14 +186,22 @@ pub async fn run_dispatcher(
 // === connections ===
 
 /// The request stream of one `BatchSender` call. Its receiver stays reachable after the call ends,
-/// so batches the call never took can be recovered and sent elsewhere.
-struct Outbox(Arc<Mutex<mpsc::Receiver<EncodedBatch>>>);
+/// so batches the call never took can be recovered and sent elsewhere. A batch counts as `egress`
+/// the moment the transport takes it from here.
+struct Outbox {
+    rx: Arc<Mutex<mpsc::Receiver<EncodedBatch>>>,
+    egress: Counter,
+}
 
 impl Stream for Outbox {
     type Item = EncodedBatch;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.lock().poll_recv(cx)
+        let polled = self.rx.lock().poll_recv(cx);
+        if let Poll::Ready(Some(batch)) = &polled {
+            self.egress.add(batch.len() as u64);
+        }
+        polled
     }
 }
 
@@ -289,7 +297,8 @@ impl Connection {
         let mut client = IngressClient::new(channel).max_encoding_message_size(self.settings.max_message_bytes);
         let (tx, rx) = mpsc::channel::<EncodedBatch>(1);
         let rx = Arc::new(Mutex::new(rx));
-        let mut call = Box::pin(client.batch_sender(Outbox(Arc::clone(&rx))));
+        let outbox = Outbox { rx: Arc::clone(&rx), egress: self.egress.clone() };
+        let mut call = Box::pin(client.batch_sender(outbox));
         let opened = tokio::time::Instant::now();
         let deadline = opened + self.settings.stream_max_age;
         let mut sent = 0u64;
@@ -304,7 +313,7 @@ impl Connection {
                     },
                     result = &mut call => {
                         end = if result.is_ok() { StreamEnd::Recycle } else { StreamEnd::Failed };
-                        return self.finish(end, sent, &rx, pending);
+                        return self.finish(end, &rx, pending);
                     }
                     _ = tokio::time::sleep_until(deadline) => break,
                 },
@@ -320,7 +329,7 @@ impl Connection {
                 result = &mut call => {
                     pending.push(batch);
                     end = if result.is_ok() { StreamEnd::Recycle } else { StreamEnd::Failed };
-                    return self.finish(end, sent, &rx, pending);
+                    return self.finish(end, &rx, pending);
                 }
             }
             if sent >= self.settings.stream_max_envelopes || tokio::time::Instant::now() >= deadline {
@@ -332,25 +341,20 @@ impl Connection {
         let result = tokio::time::timeout(self.settings.grace, &mut call).await;
         let failed = !matches!(result, Ok(Ok(_)));
         drop(call);
-        self.finish(if failed { StreamEnd::Failed } else { end }, sent, &rx, pending)
+        self.finish(if failed { StreamEnd::Failed } else { end }, &rx, pending)
     }
 
-    /// Takes back batches the finished call never consumed, so they go to another Doppler, and counts
-    /// as egress what the call did take.
+    /// Takes back batches the finished call never consumed, so they go to another Doppler.
     fn finish(
         &self,
         end: StreamEnd,
-        sent: u64,
         rx: &Mutex<mpsc::Receiver<EncodedBatch>>,
         pending: &mut Vec<EncodedBatch>,
     ) -> StreamEnd {
-        let mut recovered = 0u64;
         let mut rx = rx.lock();
         while let Ok(batch) = rx.try_recv() {
-            recovered += batch.len() as u64;
             pending.push(batch);
         }
-        self.egress.add(sent.saturating_sub(recovered));
         end
     }
 

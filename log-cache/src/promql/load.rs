@@ -1,0 +1,78 @@
+//! Reads what a plan's selectors need from the [`MetricSource`] and builds their series.
+//!
+//! Each source id is read once per query, over the union of the windows of the selectors that name
+//! it: from the earliest instant a selector can look at (its reference time minus its range, or minus
+//! the lookback delta for an instant selector, minus one more second as Log Cache does, §6.6) to the
+//! end of the last second it can see (samples are stamped with the truncated second).
+
+use loggregator_proto::v2::Envelope;
+use std::collections::HashMap;
+
+use super::eval::{Deadline, SampleBudget};
+use super::plan::{Plan, Selector};
+use super::series::{build_series, SeriesFilter};
+use super::{MetricSource, PromQLError};
+
+/// The instants a query is evaluated at, in ms.
+pub(crate) struct QueryWindow {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub lookback_ms: i64,
+}
+
+/// Fills the `series` of every selector of `plan`.
+pub(crate) fn load_series(
+    plan: &mut Plan,
+    source: &dyn MetricSource,
+    window: &QueryWindow,
+    deadline: Deadline,
+    budget: &mut SampleBudget,
+) -> Result<(), PromQLError> {
+    let windows: Vec<(i64, i64)> = plan.selectors.iter().map(|selector| selector_window_ns(selector, window)).collect();
+
+    // The union of the windows of each source id, in first-mention order.
+    let mut reads: Vec<(&str, i64, i64)> = Vec::new();
+    let mut read_index: HashMap<&str, usize> = HashMap::new();
+    for (selector, &(start_ns, end_ns)) in plan.selectors.iter().zip(&windows) {
+        for id in &selector.source_ids {
+            match read_index.get(id.as_str()).and_then(|&i| reads.get_mut(i)) {
+                Some((_, start, end)) => {
+                    *start = (*start).min(start_ns);
+                    *end = (*end).max(end_ns);
+                }
+                None => {
+                    read_index.insert(id, reads.len());
+                    reads.push((id, start_ns, end_ns));
+                }
+            }
+        }
+    }
+
+    let mut envelopes: HashMap<String, Vec<Envelope>> = HashMap::with_capacity(reads.len());
+    for (id, start_ns, end_ns) in reads {
+        deadline.check()?;
+        envelopes.insert(id.to_owned(), source.read_metric_envelopes(id, start_ns, end_ns));
+    }
+    deadline.check()?;
+
+    for (selector, (start_ns, end_ns)) in plan.selectors.iter_mut().zip(windows) {
+        let sources: Vec<&[Envelope]> =
+            selector.source_ids.iter().filter_map(|id| envelopes.get(id).map(Vec::as_slice)).collect();
+        let filter = SeriesFilter { name: selector.name.as_deref(), labels: &selector.labels, start_ns, end_ns };
+        let series = build_series(&sources, &filter);
+        budget.charge(series.iter().map(|s| s.points.len()).sum())?;
+        selector.series = series;
+    }
+    Ok(())
+}
+
+/// The envelope timestamps `[start_ns, end_ns]` a selector can see during the query.
+fn selector_window_ns(selector: &Selector, window: &QueryWindow) -> (i64, i64) {
+    let first_ref = selector.reference_time(window.start_ms);
+    let last_ref = selector.reference_time(window.end_ms);
+    let reach_ms = selector.range_ms.unwrap_or(window.lookback_ms);
+    let start_ms = first_ref.saturating_sub(reach_ms).saturating_sub(1000);
+    // Every envelope whose truncated second is at or before `last_ref`.
+    let end_ns = last_ref.div_euclid(1000).saturating_add(1).saturating_mul(1_000_000_000).saturating_sub(1);
+    (start_ms.saturating_mul(1_000_000), end_ns)
+}

@@ -1,0 +1,307 @@
+//! The operations every API shares: read, meta, send and PromQL, each answered by this node or by the
+//! node owning the source id (§6.5). The gRPC services and the HTTP gateway are thin layers over it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use loggregator_proto::logcache::v1::{MetaInfo, MetaRequest, MetaResponse, ReadRequest, ReadResponse, SendRequest};
+use loggregator_proto::prost::Message;
+use loggregator_proto::v2::{Envelope, EnvelopeBatch};
+use loggregator_proto::RawEnvelope;
+use parking_lot::Mutex;
+use plumbing::{Counter, Registry};
+use tonic::Code;
+
+use crate::cluster::Cluster;
+use crate::store::{ReadError, ReadFilter, Store};
+
+/// How long a merged cluster-wide Meta answer is reused (§6.3).
+const META_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// An API error, mapped to the wire in one place per transport (`grpc::status`, `http::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A refused read (§6.2): plain UNKNOWN with the original message.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The owner node answered with an error: passed through as it is.
+    #[error("{}", .0.message())]
+    Remote(tonic::Status),
+    /// A PromQL query failed (parse, evaluation, timeout, samples bound), with the code and status
+    /// the engine chose for it.
+    #[error("{message}")]
+    Query { code: Code, http_status: u16, error_type: &'static str, message: String },
+    /// Something internal failed (a task panicked, the runtime is shutting down).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The gRPC code of this error (§6.2: read errors are UNKNOWN).
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::Read(_) | ApiError::Internal(_) => Code::Unknown,
+            ApiError::Query { code, .. } => *code,
+            ApiError::Remote(status) => status.code(),
+        }
+    }
+}
+
+/// Counters of the routing layer.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceMetrics {
+    /// Envelopes forwarded to their owner node.
+    pub forwarded: Counter,
+    /// Envelopes lost because their owner node could not be reached.
+    pub forward_dropped: Counter,
+}
+
+impl ServiceMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            // metric-documentation: envelopes sent on to the node owning their source id.
+            forwarded: registry.counter("forwarded", "Envelopes forwarded to their owner node", &[]),
+            // metric-documentation: envelopes lost because their owner node refused or was unreachable.
+            forward_dropped: registry.counter("dropped", "Envelopes dropped by log-cache", &[("direction", "forward")]),
+        }
+    }
+}
+
+/// The shared operations; cheap to clone behind an `Arc`.
+pub struct Service {
+    store: Arc<Store>,
+    cluster: Cluster,
+    metrics: ServiceMetrics,
+    /// The last merged cluster-wide Meta and when it was made.
+    meta_cache: Mutex<Option<(Instant, MetaResponse)>>,
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Service {
+    pub fn new(store: Arc<Store>, cluster: Cluster, metrics: ServiceMetrics) -> Self {
+        Self { store, cluster, metrics, meta_cache: Mutex::new(None) }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    // === read ===
+
+    /// §6.2: validated here, answered locally or by the owner node. A remote owner answering
+    /// UNAVAILABLE yields an empty batch.
+    pub async fn read(&self, request: ReadRequest) -> Result<ReadResponse, ApiError> {
+        let filter = ReadFilter::from_request(&request, now_nanos())?;
+        if let Some(peer) = self.cluster.remote_owner(&request.source_id) {
+            let mut client = peer.egress.clone();
+            return match client.read(request).await {
+                Ok(response) => Ok(response.into_inner()),
+                Err(status) if status.code() == Code::Unavailable => {
+                    tracing::debug!(peer = %peer.addr, error = %status, "owner unavailable; empty read");
+                    Ok(ReadResponse { envelopes: Some(EnvelopeBatch::default()) })
+                }
+                Err(status) => Err(ApiError::Remote(status)),
+            };
+        }
+        let envelopes = self.read_local_encoded(&request.source_id, &filter);
+        Ok(ReadResponse { envelopes: Some(EnvelopeBatch { batch: decode_all(&envelopes) }) })
+    }
+
+    /// A local read, still encoded.
+    pub fn read_local_encoded(&self, source_id: &str, filter: &ReadFilter) -> Vec<Bytes> {
+        self.store.read(source_id, filter)
+    }
+
+    // === meta ===
+
+    /// §6.3: this node's sources, or (unless `local_only`) every node's, merged and cached 1 s.
+    pub async fn meta(&self, request: MetaRequest) -> Result<MetaResponse, ApiError> {
+        if request.local_only || self.cluster.len() <= 1 {
+            return Ok(MetaResponse { meta: self.store.meta() });
+        }
+        if let Some((at, cached)) = self.meta_cache.lock().as_ref() {
+            if at.elapsed() < META_CACHE_TTL {
+                return Ok(cached.clone());
+            }
+        }
+        let mut calls = tokio::task::JoinSet::new();
+        for peer in self.cluster.peers() {
+            let mut client = peer.egress.clone();
+            let addr = peer.addr.clone();
+            calls.spawn(async move { (addr, client.meta(MetaRequest { local_only: true }).await) });
+        }
+        let mut merged: HashMap<String, MetaInfo> = self.store.meta();
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok((_, Ok(response))) => merged.extend(response.into_inner().meta),
+                Ok((addr, Err(status))) => tracing::warn!(peer = %addr, error = %status, "meta from peer failed"),
+                Err(e) => tracing::warn!(error = %e, "meta task failed"),
+            }
+        }
+        let response = MetaResponse { meta: merged };
+        *self.meta_cache.lock() = Some((Instant::now(), response.clone()));
+        Ok(response)
+    }
+
+    // === send ===
+
+    /// `Ingress/Send`: stores local envelopes, forwards the others to their owners (unless
+    /// `local_only`). A peer that cannot be reached loses its envelopes, counted as dropped.
+    pub async fn send(&self, request: SendRequest) -> Result<(), ApiError> {
+        let envelopes = request.envelopes.map(|b| b.batch).unwrap_or_default();
+        if request.local_only || self.cluster.len() <= 1 {
+            for envelope in &envelopes {
+                self.store_decoded(envelope);
+            }
+            return Ok(());
+        }
+        let mut remote: HashMap<usize, Vec<Envelope>> = HashMap::new();
+        for envelope in envelopes {
+            let owner = self.cluster.owner(&envelope.source_id);
+            if self.cluster.peer(owner).is_none() {
+                self.store_decoded(&envelope);
+            } else {
+                remote.entry(owner).or_default().push(envelope);
+            }
+        }
+        self.forward(remote).await;
+        Ok(())
+    }
+
+    /// Stores scanned envelopes (nozzle, syslog), forwarding those another node owns.
+    pub async fn ingest_raw(&self, envelopes: impl IntoIterator<Item = RawEnvelope>) {
+        if self.cluster.len() <= 1 {
+            for envelope in envelopes {
+                self.store.insert(&envelope);
+            }
+            return;
+        }
+        let mut remote: HashMap<usize, Vec<Envelope>> = HashMap::new();
+        for envelope in envelopes {
+            let owner = self.cluster.owner(envelope.source_id());
+            if self.cluster.peer(owner).is_none() {
+                self.store.insert(&envelope);
+                continue;
+            }
+            match Envelope::decode(&envelope.bytes[..]) {
+                Ok(decoded) => remote.entry(owner).or_default().push(decoded),
+                Err(_) => self.store.stats().dropped.inc(),
+            }
+        }
+        self.forward(remote).await;
+    }
+
+    /// Stores a scanned batch's envelopes (nozzle), forwarding those another node owns. Answers how
+    /// many envelopes the batch held (a malformed one ends the batch and counts as dropped).
+    pub async fn ingest_batch(&self, batch: loggregator_proto::BatchScanner) -> usize {
+        let mut scanned = Vec::new();
+        for envelope in batch {
+            match envelope {
+                Ok(envelope) => scanned.push(envelope),
+                Err(_) => self.store.stats().dropped.inc(),
+            }
+        }
+        let count = scanned.len();
+        self.ingest_raw(scanned).await;
+        count
+    }
+
+    /// Stores one decoded envelope: encoded once, into its own allocation.
+    pub fn store_decoded(&self, envelope: &Envelope) {
+        match RawEnvelope::scan(Bytes::from(envelope.encode_to_vec())) {
+            Ok(raw) => self.store.insert_owned(raw),
+            Err(_) => self.store.stats().dropped.inc(),
+        }
+    }
+
+    async fn forward(&self, remote: HashMap<usize, Vec<Envelope>>) {
+        let mut calls = tokio::task::JoinSet::new();
+        for (owner, batch) in remote {
+            let Some(peer) = self.cluster.peer(owner) else {
+                continue;
+            };
+            let mut client = peer.ingress.clone();
+            let addr = peer.addr.clone();
+            let count = batch.len() as u64;
+            calls.spawn(async move {
+                let request = SendRequest { envelopes: Some(EnvelopeBatch { batch }), local_only: true };
+                (addr, count, client.send(request).await)
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            match joined {
+                Ok((_, count, Ok(_))) => self.metrics.forwarded.add(count),
+                Ok((addr, count, Err(status))) => {
+                    self.metrics.forward_dropped.add(count);
+                    tracing::warn!(peer = %addr, dropped = count, error = %status, "forwarding to owner failed");
+                }
+                Err(e) => tracing::warn!(error = %e, "forwarding task failed"),
+            }
+        }
+    }
+
+    // === PromQL data ===
+
+    /// GAUGE, COUNTER and TIMER envelopes of a source in `[start, end]`, ascending: from the store,
+    /// or walked from the owner node with `Read` (limit 1000, restarting at `last + 1`).
+    pub async fn metric_envelopes(&self, source_id: &str, start: i64, end_inclusive: i64) -> Vec<Envelope> {
+        let Some(peer) = self.cluster.remote_owner(source_id) else {
+            return decode_all(&self.store.metric_envelopes(source_id, start, end_inclusive));
+        };
+        use loggregator_proto::logcache::v1::EnvelopeType;
+        let mut client = peer.egress.clone();
+        let mut out = Vec::new();
+        let mut from = start;
+        let end_exclusive = end_inclusive.saturating_add(1);
+        while from < end_exclusive {
+            let request = ReadRequest {
+                source_id: source_id.to_string(),
+                start_time: from,
+                end_time: end_exclusive,
+                limit: crate::store::MAX_READ_LIMIT,
+                envelope_types: vec![
+                    EnvelopeType::Gauge as i32,
+                    EnvelopeType::Counter as i32,
+                    EnvelopeType::Timer as i32,
+                ],
+                descending: false,
+                name_filter: String::new(),
+            };
+            let batch = match client.read(request).await {
+                Ok(response) => response.into_inner().envelopes.map(|b| b.batch).unwrap_or_default(),
+                Err(status) => {
+                    tracing::warn!(peer = %peer.addr, error = %status, "metric read from owner failed");
+                    break;
+                }
+            };
+            let Some(last) = batch.last().map(|e| e.timestamp) else {
+                break;
+            };
+            let full = batch.len() as i64 >= crate::store::MAX_READ_LIMIT;
+            out.extend(batch);
+            if !full || last == i64::MAX {
+                break;
+            }
+            from = last + 1;
+        }
+        out
+    }
+}
+
+/// Decodes stored envelopes; a stored envelope always decodes (it was scanned), so failures are skipped.
+pub fn decode_all(encoded: &[Bytes]) -> Vec<Envelope> {
+    encoded.iter().filter_map(|bytes| Envelope::decode(&bytes[..]).ok()).collect()
+}

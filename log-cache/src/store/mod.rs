@@ -1,0 +1,551 @@
+//! The in-memory envelope store: per-source, timestamp-ordered, bounded by count and by bytes.
+//!
+//! Envelopes are kept in their encoded form (`Bytes`) next to the few fields a read needs
+//! (timestamp, type, counter/timer name); a payload is decoded only to answer a gauge `name_filter`
+//! that keeps some keys of an envelope but not all (§6.2).
+//!
+//! Bounds (§6.4, issue 5):
+//! - at most `max_per_source` envelopes per source: inserting into a full source evicts its oldest
+//!   envelope (`expired += 1`);
+//! - a global memory cap, accounted from the stored bytes plus a fixed per-entry and per-source
+//!   overhead. An insert that takes the total over the cap prunes the globally oldest envelopes until
+//!   the total is back under [`LOW_WATER_PERCENT`] of the cap. The inserting thread does the pruning
+//!   itself, so the cap holds under any load, with no background task and no pause.
+//!
+//! Concurrency: sources are spread over [`SHARDS`] shards by a hash of the source id, each behind a
+//! `parking_lot::RwLock`: writers to different shards, and readers of the same shard, proceed in
+//! parallel. No thread ever holds two shard locks, and no lock is held across an `.await` (the store
+//! has no async code). Each shard publishes the oldest timestamp it holds in an atomic, so the pruner
+//! finds the globally oldest envelope without locking every shard.
+
+mod filter;
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod tests;
+
+pub use filter::{ReadError, ReadFilter, TypeSet, DEFAULT_READ_LIMIT, MAX_READ_LIMIT};
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use plumbing::{Counter, Gauge, Registry};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use loggregator_proto::logcache::v1::MetaInfo;
+use loggregator_proto::{EnvelopeKind, RawEnvelope};
+use parking_lot::RwLock;
+
+use filter::NameMatch;
+
+/// Default bound on envelopes per source (§6.4).
+pub const DEFAULT_MAX_PER_SOURCE: usize = 100_000;
+
+/// Number of lock shards. A power of two well above the core count keeps contention negligible.
+pub const SHARDS: usize = 64;
+
+/// Bytes accounted for each stored envelope on top of its encoded length: the [`Entry`] itself, the
+/// allocator's header of the copied bytes, and the shared header `Bytes` adds on its first clone.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 112;
+
+/// Bytes accounted for each source on top of its envelopes: map slot, id, index entry.
+pub const SOURCE_OVERHEAD_BYTES: u64 = 256;
+
+/// After pruning, the accounted total is at most this percentage of the cap, so that pruning does
+/// not run on every insert once the store is full.
+pub const LOW_WATER_PERCENT: u64 = 99;
+
+/// Sentinel published by an empty shard.
+const EMPTY_SHARD: i64 = i64::MAX;
+
+/// Bounds of a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Envelopes kept per source; at least 1.
+    pub max_per_source: usize,
+    /// Cap on the accounted bytes of the whole store.
+    pub memory_limit_bytes: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self { max_per_source: DEFAULT_MAX_PER_SOURCE, memory_limit_bytes: 1 << 30 }
+    }
+}
+
+/// Running totals of the store, registered in the telemetry registry (see the crate README).
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// Envelopes stored.
+    pub ingress: Counter,
+    /// Envelopes handed out by reads.
+    pub egress: Counter,
+    /// Envelopes evicted by the per-source cap.
+    pub expired_by_source_cap: Counter,
+    /// Envelopes evicted by memory pruning.
+    pub pruned_by_memory: Counter,
+    /// Envelopes not stored because they could not be scanned.
+    pub dropped: Counter,
+    /// Sources currently held.
+    pub sources: Gauge,
+    /// Envelopes currently held.
+    pub envelopes: Gauge,
+    /// Accounted bytes currently held.
+    pub memory_bytes: Gauge,
+}
+
+impl StoreStats {
+    /// Registers the store's metrics.
+    pub fn register(registry: &Registry) -> Self {
+        Self {
+            // metric-documentation: envelopes stored (every ingest path).
+            ingress: registry.counter("ingress", "Envelopes stored by log-cache", &[]),
+            // metric-documentation: envelopes returned by reads.
+            egress: registry.counter("egress", "Envelopes read out of log-cache", &[]),
+            // metric-documentation: envelopes evicted because their source held max_per_source.
+            expired_by_source_cap: registry.counter(
+                "expired",
+                "Envelopes evicted from the store",
+                &[("reason", "max_per_source")],
+            ),
+            // metric-documentation: envelopes evicted to keep the store under its memory cap.
+            pruned_by_memory: registry.counter("expired", "Envelopes evicted from the store", &[("reason", "memory")]),
+            // metric-documentation: envelopes refused at ingress (malformed).
+            dropped: registry.counter("dropped", "Envelopes dropped by log-cache", &[("direction", "ingress")]),
+            // metric-documentation: source ids currently held.
+            sources: registry.gauge("sources", "Source ids held by the store", &[]),
+            // metric-documentation: envelopes currently held.
+            envelopes: registry.gauge("store_size", "Envelopes held by the store", &[]),
+            // metric-documentation: bytes accounted by the store (encoded envelopes plus overhead).
+            memory_bytes: registry.gauge("memory_bytes", "Bytes accounted by the store", &[]),
+        }
+    }
+}
+
+/// One stored envelope.
+#[derive(Debug, Clone)]
+struct Entry {
+    timestamp: i64,
+    bytes: Bytes,
+    kind: Option<EnvelopeKind>,
+    /// Counter or timer name, as a range of `bytes` (empty for other kinds).
+    name_start: u32,
+    name_len: u32,
+}
+
+impl Entry {
+    fn name(&self) -> &str {
+        let start = self.name_start as usize;
+        let end = start + self.name_len as usize;
+        self.bytes.get(start..end).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
+    }
+
+    fn accounted_size(&self) -> u64 {
+        self.bytes.len() as u64 + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// The envelopes of one source, ascending by timestamp; equal timestamps keep insertion order.
+#[derive(Debug)]
+struct Source {
+    /// The source id, shared with the shard's map key and pruning index.
+    id: Arc<str>,
+    entries: VecDeque<Entry>,
+    expired: u64,
+    newest: i64,
+}
+
+impl Source {
+    fn new(id: Arc<str>) -> Self {
+        Self { id, entries: VecDeque::new(), expired: 0, newest: 0 }
+    }
+
+    fn oldest(&self) -> Option<i64> {
+        self.entries.front().map(|e| e.timestamp)
+    }
+
+    /// Inserts after every entry with a timestamp ≤ the new one: appends in the common in-order case.
+    fn insert(&mut self, entry: Entry) {
+        if self.entries.is_empty() || entry.timestamp > self.newest {
+            self.newest = entry.timestamp;
+        }
+        match self.entries.back() {
+            Some(last) if last.timestamp > entry.timestamp => {
+                let at = self.entries.partition_point(|e| e.timestamp <= entry.timestamp);
+                self.entries.insert(at, entry);
+            }
+            _ => self.entries.push_back(entry),
+        }
+    }
+}
+
+#[derive(Default)]
+struct ShardInner {
+    sources: HashMap<Arc<str>, Source>,
+    /// (oldest timestamp, source id) of every source of the shard: the pruner's order.
+    by_oldest: BTreeSet<(i64, Arc<str>)>,
+}
+
+struct Shard {
+    inner: RwLock<ShardInner>,
+    /// Oldest timestamp held by the shard, or [`EMPTY_SHARD`]; written under the write lock.
+    oldest: AtomicI64,
+}
+
+impl Shard {
+    fn publish_oldest(&self, inner: &ShardInner) {
+        let oldest = inner.by_oldest.first().map_or(EMPTY_SHARD, |(ts, _)| *ts);
+        self.oldest.store(oldest, Ordering::Release);
+    }
+}
+
+/// What a read returns for one envelope before the gauge-key filtering done outside the lock.
+enum Hit {
+    Whole(Bytes),
+    /// A gauge some of whose keys match the name filter: decoded and filtered after the lock.
+    FilterGaugeKeys(Bytes),
+}
+
+/// The store. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Store {
+    shards: Box<[Shard]>,
+    limits: StoreLimits,
+    /// Accounted bytes of the whole store; may briefly exceed the cap by what concurrent inserters
+    /// add before their own pruning runs.
+    used_bytes: AtomicU64,
+    stats: StoreStats,
+}
+
+impl Store {
+    pub fn new(limits: StoreLimits) -> Self {
+        Self::with_stats(limits, StoreStats::default())
+    }
+
+    pub fn with_stats(limits: StoreLimits, stats: StoreStats) -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| Shard { inner: RwLock::new(ShardInner::default()), oldest: AtomicI64::new(EMPTY_SHARD) })
+            .collect();
+        let limits = StoreLimits { max_per_source: limits.max_per_source.max(1), ..limits };
+        Self { shards, limits, used_bytes: AtomicU64::new(0), stats }
+    }
+
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Accounted bytes currently held.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The shard of a source id (exposed for the model test, which mirrors the pruning order).
+    pub fn shard_of(source_id: &str) -> usize {
+        // A seed different from the cluster's hash, so that shards stay balanced within one node.
+        (xxhash_rust::xxh64::xxh64(source_id.as_bytes(), 0x6c6f_6763_6163_6865) % SHARDS as u64) as usize
+    }
+
+    /// Stores a copy of the envelope's bytes. The copy gives every stored envelope its own allocation,
+    /// so evicting it frees exactly what was accounted (a slice would pin the whole receive buffer).
+    pub fn insert(&self, envelope: &RawEnvelope) {
+        self.insert_bytes(envelope, Bytes::copy_from_slice(&envelope.bytes));
+    }
+
+    /// Stores the envelope's bytes as they are; the caller guarantees they own their allocation
+    /// (e.g. freshly encoded), so no copy is needed.
+    pub fn insert_owned(&self, envelope: RawEnvelope) {
+        let bytes = envelope.bytes.clone();
+        self.insert_bytes(&envelope, bytes);
+    }
+
+    /// Stores every envelope of an encoded `EnvelopeBatch`; answers how many were stored. A malformed
+    /// envelope ends the batch and is counted as dropped.
+    pub fn insert_batch(&self, batch: loggregator_proto::BatchScanner) -> usize {
+        let mut stored = 0;
+        for envelope in batch {
+            match envelope {
+                Ok(envelope) => {
+                    self.insert(&envelope);
+                    stored += 1;
+                }
+                Err(_) => {
+                    self.stats.dropped.inc();
+                }
+            }
+        }
+        stored
+    }
+
+    fn insert_bytes(&self, envelope: &RawEnvelope, bytes: Bytes) {
+        let (name_start, name_len) = name_range(envelope);
+        let entry = Entry { timestamp: envelope.meta.timestamp, bytes, kind: envelope.meta.kind, name_start, name_len };
+        let source_id = envelope.source_id();
+        let added = entry.accounted_size();
+        let shard = &self.shards[Self::shard_of(source_id)];
+        let mut freed = 0;
+        let mut expired = 0;
+        let mut new_source = false;
+        {
+            let mut inner = shard.inner.write();
+            let inner = &mut *inner;
+            if !inner.sources.contains_key(source_id) {
+                new_source = true;
+                let key: Arc<str> = Arc::from(source_id);
+                inner.sources.insert(key.clone(), Source::new(key));
+            }
+            let Some(source) = inner.sources.get_mut(source_id) else {
+                return; // just inserted under the same lock
+            };
+            let key = source.id.clone();
+            let oldest_before = source.oldest();
+            source.insert(entry);
+            while source.entries.len() > self.limits.max_per_source {
+                if let Some(evicted) = source.entries.pop_front() {
+                    freed += evicted.accounted_size();
+                    source.expired += 1;
+                    expired += 1;
+                }
+            }
+            let oldest_after = source.oldest();
+            if oldest_before != oldest_after {
+                if let Some(ts) = oldest_before {
+                    inner.by_oldest.remove(&(ts, key.clone()));
+                }
+                if let Some(ts) = oldest_after {
+                    inner.by_oldest.insert((ts, key));
+                }
+                shard.publish_oldest(inner);
+            }
+        }
+        let added = added + if new_source { SOURCE_OVERHEAD_BYTES } else { 0 };
+        if new_source {
+            self.stats.sources.add(1);
+        }
+        self.stats.ingress.inc();
+        self.stats.envelopes.add(1 - expired as i64);
+        if expired > 0 {
+            self.stats.expired_by_source_cap.add(expired);
+        }
+        let used = if added >= freed {
+            self.used_bytes.fetch_add(added - freed, Ordering::AcqRel) + (added - freed)
+        } else {
+            self.used_bytes.fetch_sub(freed - added, Ordering::AcqRel) - (freed - added)
+        };
+        if used > self.limits.memory_limit_bytes {
+            self.prune();
+        }
+        self.stats.memory_bytes.set(self.used_bytes.load(Ordering::Relaxed) as i64);
+    }
+
+    /// Evicts the globally oldest envelopes until the accounted total is under the low-water mark.
+    ///
+    /// Each round picks the shard publishing the smallest oldest timestamp (ties: lowest shard index),
+    /// then evicts from it, oldest source first (ties: smallest source id), for as long as its next
+    /// candidate still precedes every other shard's oldest. Evictions therefore follow the global
+    /// order `(timestamp, shard, source id)` exactly when single-threaded, and within one round's
+    /// race window otherwise.
+    fn prune(&self) {
+        let target = self.limits.memory_limit_bytes / 100 * LOW_WATER_PERCENT;
+        while self.used_bytes.load(Ordering::Acquire) > target {
+            let mut best: Option<(i64, usize)> = None;
+            let mut runner_up: Option<(i64, usize)> = None;
+            for (index, shard) in self.shards.iter().enumerate() {
+                let oldest = shard.oldest.load(Ordering::Acquire);
+                if oldest == EMPTY_SHARD {
+                    continue;
+                }
+                let candidate = (oldest, index);
+                if best.is_none_or(|b| candidate < b) {
+                    runner_up = best;
+                    best = Some(candidate);
+                } else if runner_up.is_none_or(|r| candidate < r) {
+                    runner_up = Some(candidate);
+                }
+            }
+            let Some((_, index)) = best else {
+                return;
+            };
+            if !self.prune_shard(index, runner_up, target) {
+                // The shard emptied under us; look again.
+                continue;
+            }
+        }
+    }
+
+    /// Evicts from one shard while its oldest precedes `runner_up` and the total is over `target`.
+    /// Answers whether anything was evicted.
+    fn prune_shard(&self, index: usize, runner_up: Option<(i64, usize)>, target: u64) -> bool {
+        let shard = &self.shards[index];
+        let mut inner = shard.inner.write();
+        let inner = &mut *inner;
+        let mut evicted_any = false;
+        let mut freed = 0;
+        let mut evicted = 0i64;
+        let mut removed_sources = 0i64;
+        while let Some((ts, key)) = inner.by_oldest.first().cloned() {
+            if evicted_any && runner_up.is_some_and(|r| (ts, index) > r) {
+                break;
+            }
+            let used = self.used_bytes.load(Ordering::Acquire).saturating_sub(freed);
+            if used <= target {
+                break;
+            }
+            inner.by_oldest.pop_first();
+            let Some(source) = inner.sources.get_mut(&key) else {
+                continue;
+            };
+            if let Some(entry) = source.entries.pop_front() {
+                freed += entry.accounted_size();
+                source.expired += 1;
+                evicted += 1;
+                evicted_any = true;
+            }
+            match source.oldest() {
+                Some(next) => {
+                    inner.by_oldest.insert((next, key));
+                }
+                None => {
+                    inner.sources.remove(&key);
+                    freed += SOURCE_OVERHEAD_BYTES;
+                    removed_sources += 1;
+                }
+            }
+        }
+        shard.publish_oldest(inner);
+        self.used_bytes.fetch_sub(freed, Ordering::AcqRel);
+        self.stats.pruned_by_memory.add(evicted as u64);
+        self.stats.envelopes.add(-evicted);
+        self.stats.sources.add(-removed_sources);
+        evicted_any
+    }
+
+    /// Reads one source as §6.2 says; `filter` is already validated. Returns encoded envelopes.
+    pub fn read(&self, source_id: &str, filter: &ReadFilter) -> Vec<Bytes> {
+        let hits = self.collect_hits(source_id, filter);
+        let mut out = Vec::with_capacity(hits.len());
+        for hit in hits {
+            match hit {
+                Hit::Whole(bytes) => out.push(bytes),
+                Hit::FilterGaugeKeys(bytes) => {
+                    if let Some(bytes) = filter.retain_matching_gauge_keys(&bytes) {
+                        out.push(bytes);
+                    }
+                }
+            }
+        }
+        self.stats.egress.add(out.len() as u64);
+        out
+    }
+
+    fn collect_hits(&self, source_id: &str, filter: &ReadFilter) -> Vec<Hit> {
+        let shard = &self.shards[Self::shard_of(source_id)];
+        let inner = shard.inner.read();
+        let Some(source) = inner.sources.get(source_id) else {
+            return Vec::new();
+        };
+        if filter.start >= filter.end {
+            return Vec::new();
+        }
+        let entries = &source.entries;
+        let lo = entries.partition_point(|e| e.timestamp < filter.start);
+        let hi = entries.partition_point(|e| e.timestamp < filter.end);
+        let range = entries.range(lo..hi);
+        let mut hits = Vec::with_capacity(filter.limit.min(hi - lo));
+        if filter.descending {
+            collect_limited(range.rev(), filter, &mut hits);
+        } else {
+            collect_limited(range, filter, &mut hits);
+        }
+        hits
+    }
+
+    /// Every GAUGE, COUNTER and TIMER envelope of a source with a timestamp in `[start, end]`,
+    /// ascending, still encoded (the PromQL data path, §6.6).
+    pub fn metric_envelopes(&self, source_id: &str, start: i64, end_inclusive: i64) -> Vec<Bytes> {
+        let shard = &self.shards[Self::shard_of(source_id)];
+        let inner = shard.inner.read();
+        let Some(source) = inner.sources.get(source_id) else {
+            return Vec::new();
+        };
+        let entries = &source.entries;
+        let lo = entries.partition_point(|e| e.timestamp < start);
+        let hi = entries.partition_point(|e| e.timestamp <= end_inclusive);
+        if lo >= hi {
+            return Vec::new();
+        }
+        entries
+            .range(lo..hi)
+            .filter(|e| matches!(e.kind, Some(EnvelopeKind::Gauge | EnvelopeKind::Counter | EnvelopeKind::Timer)))
+            .map(|e| e.bytes.clone())
+            .collect()
+    }
+
+    /// Meta of every source held (§6.3).
+    pub fn meta(&self) -> HashMap<String, MetaInfo> {
+        let mut meta = HashMap::new();
+        for shard in self.shards.iter() {
+            let inner = shard.inner.read();
+            for (id, source) in &inner.sources {
+                let Some(oldest) = source.oldest() else {
+                    continue;
+                };
+                meta.insert(
+                    id.to_string(),
+                    MetaInfo {
+                        count: source.entries.len() as i64,
+                        expired: source.expired as i64,
+                        oldest_timestamp: oldest,
+                        newest_timestamp: source.newest,
+                    },
+                );
+            }
+        }
+        meta
+    }
+}
+
+/// Walks entries in read order, keeping those that pass the filter, up to the limit, and then every
+/// further entry with the same timestamp as the last one kept (§6.2: a limit never splits a group).
+fn collect_limited<'a>(entries: impl Iterator<Item = &'a Entry>, filter: &ReadFilter, hits: &mut Vec<Hit>) {
+    let mut boundary: Option<i64> = None;
+    for entry in entries {
+        if let Some(ts) = boundary {
+            if entry.timestamp != ts {
+                break;
+            }
+        }
+        if !filter.types.contains(entry.kind) {
+            continue;
+        }
+        let hit = match filter.name_match(entry.kind, entry.name(), &entry.bytes) {
+            NameMatch::No => continue,
+            NameMatch::Whole => Hit::Whole(entry.bytes.clone()),
+            NameMatch::SomeGaugeKeys => Hit::FilterGaugeKeys(entry.bytes.clone()),
+        };
+        hits.push(hit);
+        if boundary.is_none() && hits.len() >= filter.limit {
+            boundary = Some(entry.timestamp);
+        }
+    }
+}
+
+/// The counter/timer name of a scanned envelope as an offset and length within its bytes.
+fn name_range(envelope: &RawEnvelope) -> (u32, u32) {
+    let name = envelope.name();
+    if name.is_empty() {
+        return (0, 0);
+    }
+    let base = envelope.bytes.as_ptr() as usize;
+    let start = (name.as_ptr() as usize).wrapping_sub(base);
+    match start.checked_add(name.len()) {
+        Some(end) if end <= envelope.bytes.len() => match (u32::try_from(start), u32::try_from(name.len())) {
+            (Ok(start), Ok(len)) => (start, len),
+            _ => (0, 0),
+        },
+        _ => (0, 0),
+    }
+}

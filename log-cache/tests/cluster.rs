@@ -1,0 +1,111 @@
+//! Two log-cache nodes (§6.5): `Send` to either node lands on the owner, `Read` on either node is
+//! answered by the owner, `Meta` merges both, and PromQL reads a remote source through its owner.
+
+mod common;
+
+use common::*;
+use log_cache::cluster::owner_of;
+use log_cache::Listeners;
+use loggregator_proto::logcache::v1::{MetaRequest, ReadRequest};
+
+/// Two running nodes that know each other's gRPC address.
+async fn two_nodes() -> (Running, Running) {
+    let (grpc0, addr0) = listener().await;
+    let (grpc1, addr1) = listener().await;
+    let node_addrs = vec![addr0.to_string(), addr1.to_string()];
+    let mut nodes = Vec::new();
+    for (index, grpc) in [grpc0, grpc1].into_iter().enumerate() {
+        let mut config = test_config();
+        config.node_addrs = node_addrs.clone();
+        config.node_index = index;
+        config.syslog.enabled = false;
+        nodes.push(start_with(config, Listeners { grpc: Some(grpc), ..Listeners::default() }).await);
+    }
+    let node1 = nodes.pop().expect("two nodes");
+    let node0 = nodes.pop().expect("two nodes");
+    (node0, node1)
+}
+
+/// A source id owned by `node` of two.
+fn source_owned_by(node: usize, tag: &str) -> String {
+    (0..).map(|i| format!("{tag}-{i}")).find(|id| owner_of(id, 2) == node).expect("some id hashes there")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_read_and_meta_across_two_nodes() {
+    let (node0, node1) = two_nodes().await;
+    let local = source_owned_by(0, "app");
+    let remote = source_owned_by(1, "app");
+    let now = log_cache::service::now_nanos();
+    node0
+        .send(vec![
+            log_envelope(&local, now - 2_000, "on node 0"),
+            log_envelope(&remote, now - 1_000, "on node 1"),
+            log_envelope(&remote, now - 500, "on node 1 too"),
+        ])
+        .await;
+
+    // Each envelope is stored only by its owner.
+    assert_eq!(node0.store.meta().keys().cloned().collect::<Vec<_>>(), vec![local.clone()]);
+    assert_eq!(node1.store.meta().keys().cloned().collect::<Vec<_>>(), vec![remote.clone()]);
+
+    // Reads on either node are answered by the owner.
+    for node in [&node0, &node1] {
+        let request = ReadRequest { source_id: remote.clone(), ..Default::default() };
+        let batch = node.egress().await.read(request).await.expect("read").into_inner().envelopes.expect("batch");
+        assert_eq!(batch.batch.len(), 2);
+        let (status, _, body) = get(&node.http_url(&format!("/api/v1/read/{local}")), &[]).await;
+        assert_eq!(status, 200);
+        assert!(body.contains(&format!("\"source_id\":\"{local}\"")), "{body}");
+    }
+
+    // Meta merges both nodes; local_only answers for one.
+    let merged = node1.egress().await.meta(MetaRequest { local_only: false }).await.expect("meta").into_inner();
+    assert_eq!(merged.meta.len(), 2);
+    assert_eq!(merged.meta[&remote].count, 2);
+    assert_eq!(merged.meta[&local].count, 1);
+    let only = node1.egress().await.meta(MetaRequest { local_only: true }).await.expect("meta").into_inner();
+    assert_eq!(only.meta.keys().cloned().collect::<Vec<_>>(), vec![remote.clone()]);
+    assert_eq!(node0.registry.sum("forwarded", &[]), 2);
+
+    node0.stop().await;
+    node1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promql_reads_a_source_through_its_owner() {
+    let (node0, node1) = two_nodes().await;
+    let remote = source_owned_by(1, "metric");
+    let now_s = log_cache::service::now_nanos() / 1_000_000_000;
+    node1.send(vec![gauge_envelope(&remote, (now_s - 10) * 1_000_000_000, "memory", 7.0)]).await;
+    assert!(node0.store.meta().is_empty());
+
+    let query = format!("memory{{source_id=\"{remote}\"}}");
+    let path = format!("/api/v1/query?query={}&time={now_s}", form_encode(&query));
+    let (status, _, body) = get(&node0.http_url(&path), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("\"value\":[{now_s}.000,\"7\"]")), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_owner_reads_as_empty() {
+    let (grpc0, addr0) = listener().await;
+    // A node address where nothing listens.
+    let (dead, dead_addr) = listener().await;
+    drop(dead);
+    let mut config = test_config();
+    config.node_addrs = vec![addr0.to_string(), dead_addr.to_string()];
+    config.syslog.enabled = false;
+    let node0 = start_with(config, Listeners { grpc: Some(grpc0), ..Listeners::default() }).await;
+    let remote = source_owned_by(1, "gone");
+    let (status, _, body) = get(&node0.http_url(&format!("/api/v1/read/{remote}")), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "{\"envelopes\":{\"batch\":[]}}\n");
+    // Meta still answers with what the reachable nodes hold.
+    let (status, _, _) = get(&node0.http_url("/api/v1/meta"), &[]).await;
+    assert_eq!(status, 200);
+}
+
+fn form_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

@@ -1,0 +1,148 @@
+//! Every component in one process, wired together with the addresses they bound.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use plumbing::Registry;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:14824";
+
+/// Configuration of each component; the Doppler and agent addresses they connect to are filled in
+/// from what was bound.
+pub struct PipelineConfig {
+    pub doppler: doppler::Config,
+    pub agent: agent::Config,
+    pub log_cache: log_cache::Config,
+    pub metrics_addr: SocketAddr,
+}
+
+impl PipelineConfig {
+    /// The all-in-one defaults: the endpoint table of README.md.
+    pub fn loopback_defaults() -> Self {
+        Self {
+            doppler: doppler::Config::default(),
+            agent: agent::Config::default(),
+            log_cache: log_cache::Config::default(),
+            metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("constant address parses"),
+        }
+    }
+
+    /// Every listener on `127.0.0.1:0`, for tests.
+    pub fn ephemeral() -> Self {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("constant address parses");
+        let mut config = Self::loopback_defaults();
+        config.doppler.grpc_addr = any;
+        config.agent.grpc_addr = any;
+        config.agent.udp_addr = Some(any);
+        config.log_cache.grpc_addr = any;
+        config.log_cache.http_addr = any;
+        config.log_cache.syslog.addr = any;
+        config.metrics_addr = any;
+        config
+    }
+}
+
+/// Where a bound pipeline listens.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub agent_grpc: SocketAddr,
+    pub agent_udp: Option<SocketAddr>,
+    pub doppler_grpc: SocketAddr,
+    pub log_cache_grpc: SocketAddr,
+    pub log_cache_http: SocketAddr,
+    pub log_cache_syslog: Option<SocketAddr>,
+    pub metrics: SocketAddr,
+}
+
+impl Endpoints {
+    /// The endpoint table printed at start-up.
+    pub fn table(&self) -> Vec<(&'static str, String)> {
+        let or_disabled = |a: Option<SocketAddr>| a.map_or("disabled".to_string(), |a| a.to_string());
+        vec![
+            ("agent v2 gRPC ingress", self.agent_grpc.to_string()),
+            ("agent v1 UDP ingress", or_disabled(self.agent_udp)),
+            ("doppler gRPC (ingress + egress)", self.doppler_grpc.to_string()),
+            ("log-cache gRPC", self.log_cache_grpc.to_string()),
+            ("log-cache HTTP API", format!("http://{}", self.log_cache_http)),
+            ("log-cache syslog (RFC 5424)", or_disabled(self.log_cache_syslog)),
+            ("Prometheus /metrics (every component)", format!("http://{}/metrics", self.metrics)),
+        ]
+    }
+}
+
+/// A bound pipeline, ready to serve.
+pub struct Pipeline {
+    doppler: doppler::Doppler,
+    agent: agent::Agent,
+    log_cache: log_cache::LogCache,
+    metrics: tokio::net::TcpListener,
+    registry: Registry,
+    endpoints: Endpoints,
+}
+
+impl Pipeline {
+    /// Binds every listener, Doppler first so the agent and the Log Cache nozzle can point at it.
+    pub async fn bind(mut config: PipelineConfig) -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let doppler = doppler::Doppler::bind(config.doppler, &registry.scoped("doppler"))
+            .await
+            .context("starting the doppler")?;
+        let doppler_grpc = doppler.local_addrs().grpc;
+
+        config.agent.dopplers = vec![doppler_grpc.to_string()];
+        let agent = agent::Agent::bind(config.agent, &registry.scoped("agent")).await.context("starting the agent")?;
+
+        // Log Cache feeds itself from the Doppler through its nozzle (shard id `log-cache`).
+        config.log_cache.nozzle.addrs = vec![doppler_grpc.to_string()];
+        let log_cache = log_cache::LogCache::bind(config.log_cache, &registry.scoped("log-cache"))
+            .await
+            .context("starting log-cache")?;
+
+        let metrics = plumbing::telemetry::bind_metrics(config.metrics_addr)
+            .await
+            .with_context(|| format!("binding metrics address {}", config.metrics_addr))?;
+        let agent_addrs = agent.local_addrs();
+        let log_cache_addrs = log_cache.local_addrs();
+        let endpoints = Endpoints {
+            agent_grpc: agent_addrs.grpc,
+            agent_udp: agent_addrs.udp,
+            doppler_grpc,
+            log_cache_grpc: log_cache_addrs.grpc,
+            log_cache_http: log_cache_addrs.http,
+            log_cache_syslog: log_cache_addrs.syslog,
+            metrics: metrics.local_addr()?,
+        };
+        Ok(Self { doppler, agent, log_cache, metrics, registry, endpoints })
+    }
+
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// The registry every component counts in (labelled `component=...`).
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// Serves every component until `shutdown`; then stops the agent first, so it flushes into the
+    /// Doppler, and waits for every component to finish.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let token = CancellationToken::new();
+        let metrics = tokio::spawn(plumbing::telemetry::serve_metrics(
+            self.metrics,
+            self.registry.clone(),
+            token.clone().cancelled_owned(),
+        ));
+        let doppler = tokio::spawn(self.doppler.serve(token.clone().cancelled_owned()));
+        let agent = tokio::spawn(self.agent.serve(token.clone().cancelled_owned()));
+        let log_cache = tokio::spawn(self.log_cache.serve(token.clone().cancelled_owned()));
+        shutdown.await;
+        token.cancel();
+        agent.await.context("agent task")??;
+        doppler.await.context("doppler task")??;
+        log_cache.await.context("log-cache task")??;
+        metrics.await.context("metrics task")??;
+        Ok(())
+    }
+}
