@@ -28,7 +28,6 @@ use bytes::Bytes;
 use loggregator_proto::raw::server::ingress::ingress_server::IngressServer;
 use plumbing::{Counter, Diode, Gauge, Registry};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -214,7 +213,7 @@ impl Agent {
         let served = tokio::select! {
             result = builder
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), ingress_token.clone().cancelled_owned()) => result,
+                .serve_with_incoming_shutdown(plumbing::grpc::incoming(self.listener), ingress_token.clone().cancelled_owned()) => result,
             _ = async { ingress_token.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("agent ingress streams did not end within the grace period");
                 Ok(())

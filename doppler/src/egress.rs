@@ -90,7 +90,8 @@ impl Egress for EgressService {
         let registration =
             Registration { router: Arc::clone(&self.router), id, subscriptions: self.subscriptions.clone() };
 
-        let (tx, rx) = mpsc::channel(2);
+        // A few batches in flight keep the stream busy while the task gathers the next one.
+        let (tx, rx) = mpsc::channel(8);
         let task = EgressTask {
             subscriber,
             tx,

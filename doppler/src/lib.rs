@@ -28,7 +28,6 @@ use loggregator_proto::raw::server::egress::egress_server::EgressServer;
 use loggregator_proto::raw::server::ingress::ingress_server::IngressServer;
 use plumbing::{Counter, Gauge, Registry};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
@@ -145,7 +144,7 @@ impl Doppler {
         let serve = builder
             .add_service(ingress)
             .add_service(egress)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), token.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(plumbing::grpc::incoming(self.listener), token.clone().cancelled_owned());
         tracing::info!(addr = %self.addrs.grpc, "doppler serving");
         tokio::select! {
             result = serve => result?,

@@ -40,7 +40,6 @@ use loggregator_proto::logcache::v1::ingress_server::IngressServer;
 use loggregator_proto::logcache::v1::prom_ql_querier_server::PromQlQuerierServer;
 use plumbing::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -263,7 +262,7 @@ impl GrpcParts {
             // Validated in bind; if a file changed since, refuse to serve rather than serve plaintext.
             builder = builder.tls_config(tls.server_config()?)?;
         }
-        let incoming = TcpListenerStream::new(self.listener);
+        let incoming = plumbing::grpc::incoming(self.listener);
         tracing::info!(grpc = %self.addrs.grpc, http = %self.addrs.http, syslog = ?self.addrs.syslog, "log-cache serving");
         let grace = self.config.shutdown_grace;
         let serve = builder

@@ -4,11 +4,13 @@
 //! - [`diode`]: the bounded many-writer / one-reader ring buffer that drops the oldest and counts it.
 //! - [`telemetry`]: a tiny Prometheus registry (the original's counter names: `ingress`, `egress`,
 //!   `dropped{direction}`, ...) and the `/metrics` HTTP server.
+//! - [`grpc`]: accepted gRPC connections with `TCP_NODELAY`.
 //! - [`tls`]: mutual-TLS configuration from CA/cert/key files for tonic servers and clients.
 //! - [`shutdown`]: turning a shutdown future into a cancellation token, and bounded drains.
 //! - `test_support` (feature `test-support`): `wait_until`, in-process test certificates.
 
 pub mod diode;
+pub mod grpc;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -86,6 +86,7 @@ impl RawEnvelope {
         self.str_at(&self.meta.source_id)
     }
 
+    /// The instance id; empty if it is not valid UTF-8 (the scanner does not check it up front).
     pub fn instance_id(&self) -> &str {
         self.str_at(&self.meta.instance_id)
     }
@@ -97,7 +98,7 @@ impl RawEnvelope {
 
     fn str_at(&self, range: &Range<u32>) -> &str {
         let bytes = self.bytes.get(range.start as usize..range.end as usize).unwrap_or_default();
-        // The scanner validated these ranges as UTF-8; an empty string is the safe answer otherwise.
+        // Source id and names were validated by the scanner; an empty string is the safe answer otherwise.
         std::str::from_utf8(bytes).unwrap_or_default()
     }
 }
@@ -234,15 +235,16 @@ pub fn scan_envelope(buf: &[u8]) -> Result<EnvelopeMeta, ScanError> {
                 }
                 meta.timestamp = read_varint(buf, &mut pos)? as i64;
             }
-            2 | 8 => {
+            2 => {
                 expect_len(wire_type)?;
                 let range = read_len(buf, &mut pos)?;
                 check_utf8(buf, &range)?;
-                if field == 2 {
-                    meta.source_id = range32(range);
-                } else {
-                    meta.instance_id = range32(range);
-                }
+                meta.source_id = range32(range);
+            }
+            8 => {
+                // Validated when asked for (`RawEnvelope::instance_id`): routing never needs it.
+                expect_len(wire_type)?;
+                meta.instance_id = range32(read_len(buf, &mut pos)?);
             }
             3 | 9 => {
                 expect_len(wire_type)?;

@@ -20,8 +20,20 @@ pub enum WireType {
 const MAX_GROUP_DEPTH: u32 = 100;
 
 /// Reads a varint at `*pos`, advancing it. Rejects truncation and values over 64 bits.
-#[inline]
+#[inline(always)]
 pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
+    // Keys and short lengths are one byte: the common case stays inline at every call site.
+    if let Some(&byte) = buf.get(*pos) {
+        if byte < 0x80 {
+            *pos += 1;
+            return Ok(u64::from(byte));
+        }
+    }
+    read_varint_multi_byte(buf, pos)
+}
+
+#[inline(never)]
+fn read_varint_multi_byte(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
     let mut value: u64 = 0;
     for i in 0..10 {
         let Some(&byte) = buf.get(*pos) else {
@@ -40,7 +52,7 @@ pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
 }
 
 /// Reads a field key, returning (field number, wire type).
-#[inline]
+#[inline(always)]
 pub fn read_key(buf: &[u8], pos: &mut usize) -> Result<(u32, WireType), ScanError> {
     let key = read_varint(buf, pos)?;
     if key > u64::from(u32::MAX) {
@@ -63,7 +75,7 @@ pub fn read_key(buf: &[u8], pos: &mut usize) -> Result<(u32, WireType), ScanErro
 }
 
 /// Reads a length prefix and returns the range of the bytes it announces, advancing past them.
-#[inline]
+#[inline(always)]
 pub fn read_len(buf: &[u8], pos: &mut usize) -> Result<std::ops::Range<usize>, ScanError> {
     let len = read_varint(buf, pos)?;
     let start = *pos;
