@@ -38,13 +38,20 @@ impl Intake {
         Ok(())
     }
 
-    /// Scans a whole batch first, so a malformed batch is refused whole rather than half-accepted.
+    /// Scans and shapes a whole batch first, so a malformed batch is refused whole rather than
+    /// half-accepted; then pushes it into the diode in one go.
     fn accept_batch(&self, batch: RawBatch) -> Result<(), Status> {
-        let envelopes: Result<Vec<_>, _> = batch.scan().collect();
-        let envelopes = envelopes.map_err(|e| Status::invalid_argument(format!("malformed envelope batch: {e}")))?;
-        for envelope in envelopes {
-            self.accept(envelope)?;
-        }
+        let shaped: Result<Vec<Bytes>, Status> = batch
+            .scan()
+            .map(|envelope| {
+                let envelope =
+                    envelope.map_err(|e| Status::invalid_argument(format!("malformed envelope batch: {e}")))?;
+                self.shaper.shape(envelope).map_err(|e| Status::invalid_argument(e.to_string()))
+            })
+            .collect();
+        let shaped = shaped?;
+        self.ingress.add(shaped.len() as u64);
+        self.dropped.add(self.diode.push_many(shaped));
         Ok(())
     }
 }

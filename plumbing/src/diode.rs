@@ -51,6 +51,25 @@ impl<T> Diode<T> {
         displaced
     }
 
+    /// Adds every value of `values`, oldest first; returns how many entries were dropped to make room.
+    /// One wake-up handshake for the whole batch instead of one per entry.
+    pub fn push_many(&self, values: impl IntoIterator<Item = T>) -> u64 {
+        let mut displaced = 0u64;
+        for value in values {
+            if self.queue.force_push(value).is_some() {
+                displaced += 1;
+            }
+        }
+        if displaced > 0 {
+            self.dropped.fetch_add(displaced, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        if self.reader_waiting.load(Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+        displaced
+    }
+
     /// Takes the oldest entry, if any.
     pub fn try_pop(&self) -> Option<T> {
         let value = self.queue.pop();
@@ -156,6 +175,30 @@ mod tests {
         assert_eq!(out, vec![2, 3, 4]);
         assert_eq!(d.written(), 5);
         assert_eq!(d.read(), 3);
+    }
+
+    #[test]
+    fn push_many_drops_the_oldest_and_counts_like_push() {
+        let d = diode(3);
+        assert_eq!(d.push_many(0..5), 2);
+        assert_eq!(d.dropped(), 2);
+        let mut out = Vec::new();
+        d.pop_batch(&mut out, 10);
+        assert_eq!(out, vec![2, 3, 4]);
+        assert_eq!(d.written(), 5);
+    }
+
+    #[tokio::test]
+    async fn push_many_wakes_the_reader() {
+        let d = Arc::new(diode::<u32>(4));
+        let reader = {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move { d.pop().await })
+        };
+        tokio::task::yield_now().await;
+        d.push_many([7, 8]);
+        let value = tokio::time::timeout(Duration::from_secs(5), reader).await.expect("woken").expect("no panic");
+        assert_eq!(value, 7);
     }
 
     #[test]
