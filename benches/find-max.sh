@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Finds the highest fixed rate a scenario delivers with < 0.1 % loss (issue 4's "max lossless rate"),
+# by bisection between LOW (known good) and HIGH (known bad) envelopes/s. A rate only counts as
+# achieved if the load generator really offered it (sent >= 97 % of the target).
+#
+#   benches/find-max.sh SCENARIO LOW HIGH [loadgen flags...]
+#   DURATION=8 LOADGEN=target/release/loadgen benches/find-max.sh agent-doppler-1sub 50000 800000
+set -euo pipefail
+scenario=$1 lo=$2 hi=$3
+shift 3
+bin=${LOADGEN:-target/release/loadgen}
+duration=${DURATION:-8}
+while (( hi - lo > lo / 20 )); do
+    mid=$(( (lo + hi) / 2 ))
+    json=$("$bin" --scenario "$scenario" --rate "$mid" --duration "$duration" --json "$@" 2>/dev/null)
+    loss=$(jq '.phases[-1].loss_pct' <<<"$json")
+    sent=$(jq '.phases[-1].sent_per_second' <<<"$json")
+    p99=$(jq '.phases[-1].latency.p99_ms' <<<"$json")
+    if awk -v l="$loss" -v s="$sent" -v m="$mid" 'BEGIN { exit !(l < 0.1 && s >= 0.97 * m) }'; then
+        verdict=ok lo=$mid
+    else
+        verdict=fail hi=$mid
+    fi
+    printf 'rate %8d: sent %10.0f/s loss %8.4f %% p99 %8.3f ms -> %s\n' "$mid" "$sent" "$loss" "$p99" "$verdict" >&2
+done
+echo "$lo"

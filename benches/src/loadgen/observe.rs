@@ -1,0 +1,177 @@
+//! What the load generator observes besides its own envelopes: the components' counters (scraped
+//! `/metrics`, or the in-process registries) and CPU time and memory from `/proc`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use plumbing::telemetry::parse_exposition;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `name{labels}` → value.
+pub type Snapshot = BTreeMap<String, f64>;
+
+pub fn snapshot_of(text: &str) -> Snapshot {
+    parse_exposition(text).into_iter().collect()
+}
+
+/// `GET` a plain-HTTP `/metrics` URL (HTTP/1.0, so the body is not chunked).
+pub async fn scrape(url: &str) -> anyhow::Result<Snapshot> {
+    let rest = url.strip_prefix("http://").context("only http:// metrics URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: text/plain\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut body = Vec::new();
+        stream.take(64 * 1024 * 1024).read_to_end(&mut body).await?;
+        Ok::<_, std::io::Error>(body)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .with_context(|| format!("{url}: timed out"))?
+        .with_context(|| format!("{url}: request failed"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").with_context(|| format!("{url}: not an HTTP response"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200") {
+        bail!("{url}: {status}");
+    }
+    Ok(snapshot_of(body))
+}
+
+/// One component's counters over a phase (differences of the original's counter names).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Hop {
+    /// Where the counters came from (component name or URL).
+    pub source: String,
+    pub component: String,
+    pub ingress: u64,
+    pub egress: u64,
+    pub dropped_ingress: u64,
+    pub dropped_egress: u64,
+    /// Any other `dropped` series.
+    pub dropped_other: u64,
+}
+
+fn split_series(series: &str) -> (&str, &str) {
+    match series.find('{') {
+        Some(i) => (&series[..i], &series[i..]),
+        None => (series, ""),
+    }
+}
+
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    let needle = format!("{key}=\"");
+    let start = labels.find(&needle)? + needle.len();
+    let end = labels[start..].find('"')? + start;
+    Some(&labels[start..end])
+}
+
+/// The per-component counter differences between two snapshots of one source.
+pub fn hops(source: &str, before: &Snapshot, after: &Snapshot) -> Vec<Hop> {
+    let mut by_component: BTreeMap<String, Hop> = BTreeMap::new();
+    for (series, value) in after {
+        let (name, labels) = split_series(series);
+        if !matches!(name, "ingress" | "egress" | "dropped") {
+            continue;
+        }
+        let delta = (value - before.get(series).copied().unwrap_or(0.0)).max(0.0) as u64;
+        let component = label(labels, "component").unwrap_or(source).to_string();
+        let hop = by_component.entry(component.clone()).or_insert_with(|| Hop {
+            source: source.to_string(),
+            component,
+            ..Default::default()
+        });
+        match (name, label(labels, "direction")) {
+            ("ingress", _) => hop.ingress += delta,
+            ("egress", _) => hop.egress += delta,
+            ("dropped", Some("ingress")) => hop.dropped_ingress += delta,
+            ("dropped", Some("egress")) => hop.dropped_egress += delta,
+            _ => hop.dropped_other += delta,
+        }
+    }
+    by_component.into_values().collect()
+}
+
+// === /proc ===
+
+/// Clock ticks per second of `utime`/`stime` (USER_HZ, 100 on every mainstream Linux build).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// (comm, utime + stime ticks) of a `/proc/.../stat` line.
+fn parse_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the comm: state is field 3, utime field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// CPU seconds of a whole process (`self` or a pid).
+pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, ticks)| ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// CPU seconds of this process's live threads, summed by thread name.
+pub fn thread_cpu_seconds() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        if let Some((comm, ticks)) = parse_stat(&stat) {
+            *out.entry(comm).or_insert(0.0) += ticks as f64 / TICKS_PER_SECOND;
+        }
+    }
+    out
+}
+
+/// A `kB` value of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in KiB.
+pub fn status_kib(pid: &str, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Resets this process's peak RSS (`VmHWM`) so a phase reports its own peak. Best effort.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops_are_counter_differences_by_component() {
+        let before =
+            snapshot_of("ingress{component=\"doppler\"} 10\ndropped{component=\"doppler\",direction=\"egress\"} 1\n");
+        let after = snapshot_of(
+            "ingress{component=\"doppler\"} 110\negress{component=\"doppler\"} 90\n\
+             dropped{component=\"doppler\",direction=\"egress\"} 6\nsubscriptions{component=\"doppler\"} 1\n",
+        );
+        let hops = hops("doppler-0", &before, &after);
+        assert_eq!(hops.len(), 1);
+        assert_eq!((hops[0].ingress, hops[0].egress, hops[0].dropped_egress), (100, 90, 5));
+        assert_eq!(hops[0].component, "doppler");
+    }
+
+    #[test]
+    fn reads_own_cpu_and_memory() {
+        assert!(process_cpu_seconds("self").is_some());
+        assert!(!thread_cpu_seconds().is_empty());
+        assert!(status_kib("self", "VmHWM").is_some_and(|k| k > 0));
+        let (comm, _) = parse_stat("123 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15").expect("parses");
+        assert_eq!(comm, "a (weird) name");
+    }
+}

@@ -1,0 +1,421 @@
+//! One measured phase: subscribe, send for the duration, drain, and account for every envelope.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+use plumbing::Registry;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::observe::{self, Hop, Snapshot};
+use super::pipeline::Targets;
+use super::report::{CpuReport, GroupReport, Latency, MemoryReport, PhaseReport, SubscriberReport};
+use super::sender::{SendStats, Sender};
+use super::settings::{Rate, Settings};
+use super::subscriber::{firehose, latency_histogram, Connection, SubStats};
+use crate::workload::{batch_templates, Shape};
+
+/// Where per-hop counters come from.
+#[derive(Clone)]
+pub enum MetricSource {
+    /// An in-process component's registry.
+    Registry { name: String, registry: Registry },
+    /// A `/metrics` URL.
+    Url(String),
+}
+
+impl MetricSource {
+    fn name(&self) -> &str {
+        match self {
+            MetricSource::Registry { name, .. } => name,
+            MetricSource::Url(url) => url,
+        }
+    }
+
+    async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        match self {
+            MetricSource::Registry { registry, .. } => Ok(observe::snapshot_of(&registry.render())),
+            MetricSource::Url(url) => observe::scrape(url).await,
+        }
+    }
+}
+
+/// CPU is accounted per thread name for in-process components; everything else in this process is
+/// the load generator. External components are accounted by pid.
+#[derive(Clone)]
+pub struct Accounting {
+    /// (component name, thread name).
+    pub threads: Vec<(String, String)>,
+    /// (component name, pid).
+    pub pids: Vec<(String, u32)>,
+}
+
+struct CpuSnapshot {
+    process: f64,
+    threads: BTreeMap<String, f64>,
+    pids: Vec<Option<f64>>,
+}
+
+impl CpuSnapshot {
+    fn take(accounting: &Accounting) -> Self {
+        Self {
+            process: observe::process_cpu_seconds("self").unwrap_or(0.0),
+            threads: observe::thread_cpu_seconds(),
+            pids: accounting.pids.iter().map(|(_, pid)| observe::process_cpu_seconds(&pid.to_string())).collect(),
+        }
+    }
+}
+
+pub struct Phase<'a> {
+    pub name: &'a str,
+    pub target: String,
+    pub settings: &'a Settings,
+    pub targets: Targets,
+    pub metrics: Vec<MetricSource>,
+    pub accounting: Accounting,
+    /// Whether the load generator shares its process with the components (spawn mode).
+    pub in_process: bool,
+    /// Source ids of this run start with it; subscribers count other envelopes as foreign.
+    pub source_prefix: String,
+}
+
+/// A source-id prefix unique to this run (`loadgen-<hex>-`), so a shared deployment's other traffic
+/// is not mistaken for ours.
+pub fn run_prefix() -> String {
+    format!("loadgen-{:08x}-", fastrand::u32(..))
+}
+
+struct Subscriptions {
+    stats: Vec<Arc<SubStats>>,
+    tasks: Vec<(usize, tokio::task::JoinHandle<Histogram<u64>>)>,
+    stop: CancellationToken,
+}
+
+impl Phase<'_> {
+    async fn subscribe(&self) -> anyhow::Result<Subscriptions> {
+        let stop = CancellationToken::new();
+        let mut stats = Vec::new();
+        let mut tasks = Vec::new();
+        let mut readies = Vec::new();
+        let subscribers = if self.targets.egress.is_empty() { 0 } else { self.settings.subscribers };
+        for id in 0..subscribers {
+            let sub_stats = Arc::new(SubStats::default());
+            for addr in &self.targets.egress {
+                let (tx, rx) = oneshot::channel();
+                let connection = Connection {
+                    subscriber: id,
+                    addr: addr.clone(),
+                    tls: self.targets.egress_tls.clone(),
+                    request: firehose(self.settings.shard_id(id)),
+                    source_prefix: self.source_prefix.clone(),
+                    stats: Arc::clone(&sub_stats),
+                    stop: stop.clone(),
+                };
+                tasks.push((id, tokio::spawn(connection.run(tx))));
+                readies.push(rx);
+            }
+            stats.push(sub_stats);
+        }
+        for ready in readies {
+            match tokio::time::timeout(Duration::from_secs(10), ready).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(message))) => {
+                    stop.cancel();
+                    bail!("cannot subscribe: {message}");
+                }
+                _ => {
+                    stop.cancel();
+                    bail!("a subscriber did not connect within 10 s");
+                }
+            }
+        }
+        // The server registers the subscription before answering; a short pause covers proxies.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(Subscriptions { stats, tasks, stop })
+    }
+
+    pub async fn run(self) -> anyhow::Result<PhaseReport> {
+        let s = self.settings;
+        let shape = Shape { payload_bytes: s.payload_bytes, tags: s.tags };
+        let template_count = s.source_ids.div_ceil(s.batch_size).clamp(1, 64);
+        let templates =
+            Arc::new(batch_templates(&self.source_prefix, template_count, s.batch_size, s.source_ids, &s.mix, &shape));
+
+        let mut before = Vec::new();
+        for source in &self.metrics {
+            before.push(source.snapshot().await.ok());
+        }
+        let subs = self.subscribe().await?;
+        observe::reset_peak_rss();
+        let cpu_before = CpuSnapshot::take(&self.accounting);
+
+        let stats = Arc::new(SendStats::default());
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(s.duration_s);
+        let per_sender = match s.rate {
+            Rate::Max => None,
+            Rate::Fixed(rate) => Some(rate / s.senders as f64),
+        };
+        let senders: Vec<_> = (0..s.senders)
+            .map(|index| {
+                let sender = Sender {
+                    index,
+                    addr: self.targets.ingress[index % self.targets.ingress.len()].clone(),
+                    tls: self.targets.ingress_tls.clone(),
+                    templates: Arc::clone(&templates),
+                    rate: per_sender,
+                    deadline,
+                    stats: Arc::clone(&stats),
+                };
+                tokio::spawn(sender.run())
+            })
+            .collect();
+
+        let received = |subs: &Subscriptions, sink: &Option<Arc<AtomicU64>>| -> u64 {
+            sink.as_ref().map(|r| r.load(Ordering::Relaxed)).unwrap_or(0)
+                + subs.stats.iter().map(|st| st.received.load(Ordering::Relaxed)).sum::<u64>()
+        };
+        let copies = self.copies().max(1) as u64;
+        let progress = {
+            let stats = Arc::clone(&stats);
+            let sub_stats = subs.stats.clone();
+            let sink = self.targets.sink_received.clone();
+            let name = self.name.to_string();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+                let (mut last_sent, mut last_received) = (0u64, 0u64);
+                loop {
+                    tick.tick().await;
+                    let sent = stats.sent.load(Ordering::Relaxed);
+                    let received = sink.as_ref().map(|r| r.load(Ordering::Relaxed)).unwrap_or(0)
+                        + sub_stats.iter().map(|st| st.received.load(Ordering::Relaxed)).sum::<u64>();
+                    eprintln!(
+                        "[{name} {:>5.1}s] sent {sent:>11} ({:>8}/s)  received {received:>11} ({:>8}/s per copy)  errors {}",
+                        start.elapsed().as_secs_f64(),
+                        sent - last_sent,
+                        (received - last_received) / copies,
+                        stats.errors.load(Ordering::Relaxed),
+                    );
+                    (last_sent, last_received) = (sent, received);
+                }
+            })
+        };
+        for sender in senders {
+            let _ = sender.await;
+        }
+        let send_elapsed = start.elapsed().as_secs_f64();
+
+        // Drain: until every copy is complete, or nothing has arrived for a second, or the drain time.
+        let sent = stats.sent.load(Ordering::Relaxed);
+        let drain_until = Instant::now() + Duration::from_secs_f64(s.drain_s);
+        let (mut last, mut last_change) = (received(&subs, &self.targets.sink_received), Instant::now());
+        while Instant::now() < drain_until {
+            let now_received = received(&subs, &self.targets.sink_received);
+            if now_received >= sent * copies {
+                break;
+            }
+            if now_received != last {
+                (last, last_change) = (now_received, Instant::now());
+            } else if last_change.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        progress.abort();
+        let cpu_after = CpuSnapshot::take(&self.accounting);
+        subs.stop.cancel();
+        let mut histograms: BTreeMap<usize, Histogram<u64>> = BTreeMap::new();
+        for (id, task) in subs.tasks {
+            let h = task.await.unwrap_or_else(|_| latency_histogram());
+            histograms.entry(id).or_insert_with(latency_histogram).add(&h).ok();
+        }
+
+        let mut hops: Vec<Hop> = Vec::new();
+        let mut notes = Vec::new();
+        for (source, before) in self.metrics.iter().zip(before) {
+            match (before, source.snapshot().await) {
+                (Some(before), Ok(after)) => {
+                    let mut found = observe::hops(source.name(), &before, &after);
+                    for hop in &mut found {
+                        hop.source = source.name().to_string();
+                    }
+                    hops.extend(found);
+                }
+                (_, Err(error)) => notes.push(format!("metrics {}: {error:#}", source.name())),
+                (None, Ok(_)) => notes.push(format!("metrics {}: unreadable before the run", source.name())),
+            }
+        }
+
+        let sink_received = self.targets.sink_received.as_ref().map(|r| r.load(Ordering::Relaxed));
+        Ok(self.build_report(ReportInputs {
+            sent,
+            send_elapsed,
+            stats: &stats,
+            sub_stats: &subs.stats,
+            histograms,
+            sink_received,
+            hops,
+            cpu_before,
+            cpu_after,
+            notes,
+        }))
+    }
+
+    /// How many full copies of the stream the subscribers should receive in total.
+    fn copies(&self) -> usize {
+        if self.targets.sink_received.is_some() {
+            return 1;
+        }
+        if self.targets.egress.is_empty() {
+            return 0;
+        }
+        self.groups().len()
+    }
+
+    /// Subscriber ids by group (shard id, or the subscriber itself when it has none).
+    fn groups(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for id in 0..self.settings.subscribers {
+            let shard = self.settings.shard_id(id);
+            let key = if shard.is_empty() { format!("subscriber-{id}") } else { shard };
+            groups.entry(key).or_default().push(id);
+        }
+        groups
+    }
+
+    fn build_report(&self, r: ReportInputs<'_>) -> PhaseReport {
+        let s = self.settings;
+        let duration = r.send_elapsed.max(1e-9);
+        let mut merged = latency_histogram();
+        let subscribers: Vec<SubscriberReport> = r
+            .sub_stats
+            .iter()
+            .enumerate()
+            .map(|(id, st)| {
+                let h = r.histograms.get(&id).cloned().unwrap_or_else(latency_histogram);
+                merged.add(&h).ok();
+                let received = st.received.load(Ordering::Relaxed);
+                SubscriberReport {
+                    id,
+                    shard_id: s.shard_id(id),
+                    received,
+                    per_second: received as f64 / duration,
+                    batch_size: received as f64 / st.batches.load(Ordering::Relaxed).max(1) as f64,
+                    latency: Latency::of(&h),
+                    errors: st.errors.load(Ordering::Relaxed),
+                    malformed: st.malformed.load(Ordering::Relaxed),
+                    foreign: st.foreign.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let group_report = |group: String, members: usize, received: u64| {
+            let lost = r.sent as i64 - received as i64;
+            let loss_pct = if r.sent == 0 { 0.0 } else { lost as f64 * 100.0 / r.sent as f64 };
+            GroupReport { group, subscribers: members, expected: r.sent, received, lost, loss_pct }
+        };
+        let groups: Vec<GroupReport> = match r.sink_received {
+            Some(received) => vec![group_report("null-sink".into(), 1, received)],
+            None if subscribers.is_empty() => Vec::new(),
+            None => self
+                .groups()
+                .into_iter()
+                .map(|(group, ids)| {
+                    let received = ids.iter().map(|&i| subscribers[i].received).sum();
+                    group_report(group, ids.len(), received)
+                })
+                .collect(),
+        };
+        let loss_pct = groups.iter().map(|g| g.loss_pct).fold(0.0, f64::max);
+        let delivered = if groups.is_empty() {
+            0.0
+        } else {
+            groups.iter().map(|g| g.received as f64).sum::<f64>() / groups.len() as f64
+        };
+        let dropped: u64 = r.hops.iter().map(|h| h.dropped_ingress + h.dropped_egress + h.dropped_other).sum();
+        let lossless = !groups.is_empty()
+            && groups.iter().all(|g| g.lost <= 0)
+            && dropped == 0
+            && r.stats.uncertain.load(Ordering::Relaxed) == 0;
+
+        let millions = (r.sent as f64 / 1e6).max(1e-12);
+        let mut cpu = Vec::new();
+        let mut components_total = 0.0;
+        for (name, thread) in &self.accounting.threads {
+            let t = r.cpu_after.threads.get(thread).copied().unwrap_or(0.0)
+                - r.cpu_before.threads.get(thread).copied().unwrap_or(0.0);
+            components_total += t;
+            cpu.push(CpuReport { name: name.clone(), cpu_s: t, cpu_s_per_million: t / millions });
+        }
+        let process = r.cpu_after.process - r.cpu_before.process;
+        let loadgen = process - components_total;
+        cpu.push(CpuReport { name: "loadgen".into(), cpu_s: loadgen, cpu_s_per_million: loadgen / millions });
+        if !self.accounting.threads.is_empty() {
+            cpu.push(CpuReport {
+                name: "pipeline total".into(),
+                cpu_s: components_total,
+                cpu_s_per_million: components_total / millions,
+            });
+        }
+        for (i, (name, _)) in self.accounting.pids.iter().enumerate() {
+            if let (Some(Some(b)), Some(Some(a))) = (r.cpu_before.pids.get(i), r.cpu_after.pids.get(i)) {
+                cpu.push(CpuReport { name: name.clone(), cpu_s: a - b, cpu_s_per_million: (a - b) / millions });
+            }
+        }
+        let mib = |kib: Option<u64>| kib.unwrap_or(0) as f64 / 1024.0;
+        let mut memory = vec![MemoryReport {
+            name: if self.in_process { "loadgen + pipeline (one process)".into() } else { "loadgen".into() },
+            peak_rss_mib: mib(observe::status_kib("self", "VmHWM")),
+            rss_mib: mib(observe::status_kib("self", "VmRSS")),
+        }];
+        for (name, pid) in &self.accounting.pids {
+            let pid = pid.to_string();
+            memory.push(MemoryReport {
+                name: name.clone(),
+                peak_rss_mib: mib(observe::status_kib(&pid, "VmHWM")),
+                rss_mib: mib(observe::status_kib(&pid, "VmRSS")),
+            });
+        }
+        PhaseReport {
+            phase: self.name.to_string(),
+            target: self.target.clone(),
+            duration_s: r.send_elapsed,
+            offered_per_second: match s.rate {
+                Rate::Max => None,
+                Rate::Fixed(rate) => Some(rate),
+            },
+            sent: r.sent,
+            sent_per_second: r.sent as f64 / duration,
+            uncertain: r.stats.uncertain.load(Ordering::Relaxed),
+            send_errors: r.stats.errors.load(Ordering::Relaxed),
+            behind_schedule: r.stats.behind.load(Ordering::Relaxed),
+            delivered_per_second: delivered / duration,
+            loss_pct,
+            lossless,
+            latency: Latency::of(&merged),
+            subscribers,
+            groups,
+            hops: r.hops,
+            cpu,
+            memory,
+            notes: r.notes,
+        }
+    }
+}
+
+struct ReportInputs<'a> {
+    sent: u64,
+    send_elapsed: f64,
+    stats: &'a SendStats,
+    sub_stats: &'a [Arc<SubStats>],
+    histograms: BTreeMap<usize, Histogram<u64>>,
+    sink_received: Option<u64>,
+    hops: Vec<Hop>,
+    cpu_before: CpuSnapshot,
+    cpu_after: CpuSnapshot,
+    notes: Vec<String>,
+}

@@ -1,0 +1,428 @@
+//! Load generator settings: command-line flags over a named scenario file over defaults.
+//!
+//! A scenario is a TOML file in `benches/scenarios/` (or any path) with the same keys as the
+//! long flags, in snake_case (`batch_size = 100`, `rate = "max"`, `mix = "log=9,counter=1"`). Flags
+//! given on the command line win over the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use plumbing::tls::TlsFiles;
+use serde::{Deserialize, Serialize};
+
+use crate::workload::Mix;
+
+/// Envelopes per second across all senders, or as fast as the target accepts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rate {
+    Max,
+    Fixed(f64),
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "max" {
+            return Ok(Rate::Max);
+        }
+        let (digits, scale) = match s.strip_suffix('k') {
+            Some(d) => (d, 1e3),
+            None => match s.strip_suffix('m') {
+                Some(d) => (d, 1e6),
+                None => (s.as_str(), 1.0),
+            },
+        };
+        let value: f64 =
+            digits.parse().map_err(|_| format!("invalid rate `{s}` (a number like 50000 or 50k, or max)"))?;
+        if !(value > 0.0 && value.is_finite()) {
+            return Err(format!("rate must be positive: `{s}`"));
+        }
+        Ok(Rate::Fixed(value * scale))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::Max => f.write_str("max"),
+            Rate::Fixed(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Rate::Max => s.serialize_str("max"),
+            Rate::Fixed(r) => s.serialize_f64(*r),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => format!("{n}").parse().map_err(serde::de::Error::custom),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The workload and the pipeline shape: what a scenario file may set.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Knobs {
+    /// Envelopes per second over all senders (`50000`, `50k`), or `max`.
+    #[arg(long)]
+    pub rate: Option<Rate>,
+    /// Seconds of sending.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Concurrent senders (one gRPC connection and `BatchSender` stream each).
+    #[arg(long)]
+    pub senders: Option<usize>,
+    /// Envelopes per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Distinct source ids.
+    #[arg(long)]
+    pub source_ids: Option<usize>,
+    /// Log payload (and event body) size in bytes.
+    #[arg(long)]
+    pub payload_bytes: Option<usize>,
+    /// Tags per envelope.
+    #[arg(long)]
+    pub tags: Option<usize>,
+    /// Envelope types and weights, e.g. `log=90,counter=5,gauge=5` (log, counter, gauge, timer, event).
+    #[arg(long)]
+    pub mix: Option<Mix>,
+    /// Subscribers; each subscribes to every `--egress` address with a firehose selector set.
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// Distinct shard ids among subscribers (round robin); 0 = every subscriber has its own copy.
+    #[arg(long)]
+    pub shard_ids: Option<usize>,
+    /// Seconds to wait for envelopes still in flight after sending stops.
+    #[arg(long)]
+    pub drain: Option<f64>,
+    /// With --spawn: number of Dopplers.
+    #[arg(long)]
+    pub dopplers: Option<usize>,
+    /// With --spawn: put an agent in front of the Dopplers (the load generator sends to it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub agent: Option<bool>,
+    /// With --spawn: mutual TLS on every hop, with a generated CA (as the original deploys).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub tls: Option<bool>,
+    /// With --spawn: tokio worker threads of each component's runtime.
+    #[arg(long)]
+    pub pipeline_threads: Option<usize>,
+    /// With --spawn: envelopes buffered per Doppler subscription (the original: 1000).
+    #[arg(long)]
+    pub subscription_buffer: Option<usize>,
+    /// With --spawn: the agent's ingress buffer (the original: 10000).
+    #[arg(long)]
+    pub agent_buffer: Option<usize>,
+    /// Worker threads of the load generator's own runtime.
+    #[arg(long)]
+    pub loadgen_threads: Option<usize>,
+    /// Start the project's pipeline in-process (on 127.0.0.1) and drive it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub spawn: Option<bool>,
+    /// Also measure a null pipeline (a `BatchSender` server that discards) in the same run.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub baseline: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    #[serde(default)]
+    description: String,
+    #[serde(flatten)]
+    knobs: Knobs,
+}
+
+/// Drives a Loggregator-compatible pipeline and reports what arrived, how late, and where the rest went.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+pub struct Cli {
+    /// A scenario name (a file in benches/scenarios/) or a path to a scenario TOML file.
+    #[arg(long, short)]
+    pub scenario: Option<String>,
+    /// Ingress addresses (`host:port` of an agent or a Doppler); senders are spread over them.
+    #[arg(long, value_delimiter = ',')]
+    pub ingress: Vec<String>,
+    /// Egress addresses (Dopplers, or an RLP); every subscriber subscribes to each.
+    #[arg(long, value_delimiter = ',')]
+    pub egress: Vec<String>,
+    /// `/metrics` URLs of the components (http://host:port/metrics), read before and after.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// Component processes to account CPU and peak RSS for, as NAME=PID.
+    #[arg(long = "pid", value_delimiter = ',')]
+    pub pids: Vec<String>,
+    #[command(flatten)]
+    pub knobs: Knobs,
+    /// Mutual TLS for both sides: CA, certificate and key files.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Server name to verify (both sides; default `metron` for ingress, `doppler` for egress).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    #[arg(long)]
+    pub ingress_ca: Option<PathBuf>,
+    #[arg(long)]
+    pub ingress_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub ingress_key: Option<PathBuf>,
+    #[arg(long)]
+    pub ingress_server_name: Option<String>,
+    #[arg(long)]
+    pub egress_ca: Option<PathBuf>,
+    #[arg(long)]
+    pub egress_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub egress_key: Option<PathBuf>,
+    #[arg(long)]
+    pub egress_server_name: Option<String>,
+    /// Print the report as JSON on stdout (instead of the table).
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 1 if any envelope was lost or dropped.
+    #[arg(long)]
+    pub assert_lossless: bool,
+    /// Print the scenario names found in benches/scenarios/ and exit.
+    #[arg(long)]
+    pub list_scenarios: bool,
+}
+
+/// One side's client TLS: files and the server name to verify.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientTls {
+    #[serde(skip)]
+    pub files: TlsFiles,
+    pub server_name: String,
+}
+
+/// Fully resolved settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub scenario: Option<String>,
+    pub description: String,
+    pub rate: Rate,
+    pub duration_s: f64,
+    pub senders: usize,
+    pub batch_size: usize,
+    pub source_ids: usize,
+    pub payload_bytes: usize,
+    pub tags: usize,
+    pub mix: Mix,
+    pub subscribers: usize,
+    pub shard_ids: usize,
+    pub drain_s: f64,
+    pub spawn: bool,
+    pub dopplers: usize,
+    pub agent: bool,
+    pub tls: bool,
+    pub pipeline_threads: usize,
+    pub subscription_buffer: usize,
+    pub agent_buffer: usize,
+    pub loadgen_threads: usize,
+    pub baseline: bool,
+    pub ingress: Vec<String>,
+    pub egress: Vec<String>,
+    pub metrics: Vec<String>,
+    pub pids: Vec<(String, u32)>,
+    pub ingress_tls: Option<ClientTls>,
+    pub egress_tls: Option<ClientTls>,
+}
+
+/// Where scenario files live in the source tree.
+pub fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+pub fn list_scenarios() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(scenarios_dir()) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let description =
+                    load_scenario(&path).map(|s| s.description).unwrap_or_else(|e| format!("invalid: {e:#}"));
+                out.push((name, description));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn load_scenario(path: &Path) -> anyhow::Result<ScenarioFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid scenario {}", path.display()))
+}
+
+fn scenario_path(name: &str) -> PathBuf {
+    let as_path = Path::new(name);
+    if as_path.extension().is_some() || name.contains('/') {
+        as_path.to_path_buf()
+    } else {
+        scenarios_dir().join(format!("{name}.toml"))
+    }
+}
+
+fn side_tls(
+    ca: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    name: Option<String>,
+    side: &str,
+) -> anyhow::Result<Option<ClientTls>> {
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(ClientTls {
+            files: TlsFiles { ca_file: ca.clone(), cert_file: cert.clone(), key_file: key.clone() },
+            server_name: name.unwrap_or_default(),
+        })),
+        _ => bail!("{side} TLS needs all of --ca, --cert and --key (or the --{side}-* variants)"),
+    }
+}
+
+impl Settings {
+    pub fn resolve(cli: &Cli) -> anyhow::Result<Self> {
+        let file = match &cli.scenario {
+            Some(name) => load_scenario(&scenario_path(name))?,
+            None => ScenarioFile::default(),
+        };
+        let f = file.knobs;
+        let c = &cli.knobs;
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                c.$field.clone().or(f.$field.clone()).unwrap_or($default)
+            };
+        }
+        let spawn = pick!(spawn, false);
+        let mut pids = Vec::new();
+        for entry in &cli.pids {
+            let (name, pid) = entry.split_once('=').context("--pid takes NAME=PID")?;
+            pids.push((name.to_string(), pid.parse().with_context(|| format!("invalid pid in {entry}"))?));
+        }
+        let pick_path = |side: &Option<PathBuf>, common: &Option<PathBuf>| side.clone().or_else(|| common.clone());
+        let ingress_tls = side_tls(
+            &pick_path(&cli.ingress_ca, &cli.ca),
+            &pick_path(&cli.ingress_cert, &cli.cert),
+            &pick_path(&cli.ingress_key, &cli.key),
+            Some(cli.ingress_server_name.clone().or(cli.server_name.clone()).unwrap_or_else(|| "metron".into())),
+            "ingress",
+        )?;
+        let egress_tls = side_tls(
+            &pick_path(&cli.egress_ca, &cli.ca),
+            &pick_path(&cli.egress_cert, &cli.cert),
+            &pick_path(&cli.egress_key, &cli.key),
+            Some(cli.egress_server_name.clone().or(cli.server_name.clone()).unwrap_or_else(|| "doppler".into())),
+            "egress",
+        )?;
+        let settings = Settings {
+            scenario: cli.scenario.clone(),
+            description: file.description,
+            rate: pick!(rate, Rate::Fixed(10_000.0)),
+            duration_s: pick!(duration, 10.0),
+            senders: pick!(senders, 2).max(1),
+            batch_size: pick!(batch_size, 100).max(1),
+            source_ids: pick!(source_ids, 100).max(1),
+            payload_bytes: pick!(payload_bytes, 200),
+            tags: pick!(tags, 5),
+            mix: pick!(mix, Mix::default()),
+            subscribers: pick!(subscribers, 1),
+            shard_ids: pick!(shard_ids, 0),
+            drain_s: pick!(drain, 5.0),
+            spawn,
+            dopplers: pick!(dopplers, 1).max(1),
+            agent: pick!(agent, false),
+            tls: pick!(tls, false),
+            pipeline_threads: pick!(pipeline_threads, 2).max(1),
+            subscription_buffer: pick!(subscription_buffer, 1000).max(1),
+            agent_buffer: pick!(agent_buffer, 10_000).max(1),
+            loadgen_threads: pick!(loadgen_threads, 2).max(1),
+            baseline: pick!(baseline, false),
+            ingress: cli.ingress.clone(),
+            egress: cli.egress.clone(),
+            metrics: cli.metrics.clone(),
+            pids,
+            ingress_tls,
+            egress_tls,
+        };
+        if !settings.spawn && settings.ingress.is_empty() {
+            bail!("nothing to drive: give --ingress ADDR (and --egress ADDR), or --spawn");
+        }
+        if settings.spawn && !(settings.ingress.is_empty() && settings.egress.is_empty()) {
+            bail!("--spawn starts its own pipeline: do not combine it with --ingress/--egress");
+        }
+        if !(settings.duration_s > 0.0 && settings.duration_s <= 24.0 * 3600.0) {
+            bail!("duration must be between 0 and 24 h");
+        }
+        Ok(settings)
+    }
+
+    /// Shard id of subscriber `index`: empty (own copy) or one of `shard_ids` shared ids.
+    pub fn shard_id(&self, index: usize) -> String {
+        if self.shard_ids == 0 {
+            String::new()
+        } else {
+            format!("loadgen-{}", index % self.shard_ids)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!("max".parse::<Rate>(), Ok(Rate::Max));
+        assert_eq!("50k".parse::<Rate>(), Ok(Rate::Fixed(50_000.0)));
+        assert_eq!("1.5m".parse::<Rate>(), Ok(Rate::Fixed(1_500_000.0)));
+        assert_eq!("2000".parse::<Rate>(), Ok(Rate::Fixed(2000.0)));
+        assert!("-1".parse::<Rate>().is_err());
+        assert!("fast".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn every_scenario_in_the_repo_parses() {
+        let scenarios = list_scenarios();
+        assert!(scenarios.iter().any(|(name, _)| name == "smoke"), "{scenarios:?}");
+        for (name, description) in scenarios {
+            assert!(!description.starts_with("invalid"), "{name}: {description}");
+            let cli = Cli::parse_from(["loadgen", "--scenario", &name]);
+            Settings::resolve(&cli).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn flags_override_the_scenario() {
+        let cli = Cli::parse_from(["loadgen", "--scenario", "smoke", "--rate", "max", "--duration", "1"]);
+        let settings = Settings::resolve(&cli).expect("valid");
+        assert_eq!(settings.rate, Rate::Max);
+        assert_eq!(settings.duration_s, 1.0);
+        assert!(settings.spawn);
+    }
+}
