@@ -16,31 +16,11 @@ use loggregator_proto::v2::egress_client::EgressClient;
 use loggregator_proto::v2::ingress_client::IngressClient;
 use loggregator_proto::v2::{self, envelope::Message, selector, EgressBatchRequest, Envelope, EnvelopeBatch, Selector};
 use loggregator_proto::{events, v2::value::Data};
-use plumbing::test_support::{wait_until, TestPki};
+use plumbing::test_support::{wait_until, Running, TestPki};
 use plumbing::tls::TlsFiles;
 use plumbing::Registry;
-use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-struct Running {
-    addr: SocketAddr,
-    udp: Option<SocketAddr>,
-    registry: Registry,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.registry.sum(name, labels)
-    }
-
-    async fn shutdown(self) {
-        self.stop.cancel();
-        tokio::time::timeout(DEADLINE, self.task).await.expect("stops in time").expect("no panic");
-    }
-}
 
 fn doppler_config(addr: &str) -> doppler::Config {
     doppler::Config {
@@ -54,10 +34,7 @@ async fn start_doppler(config: doppler::Config) -> Running {
     let registry = Registry::new().scoped("doppler");
     let doppler = Doppler::bind(config, &registry).await.expect("doppler binds");
     let addr = doppler.local_addrs().grpc;
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let task = tokio::spawn(async move { doppler.serve(token.cancelled_owned()).await.expect("doppler serves") });
-    Running { addr, udp: None, registry, stop, task }
+    Running::spawn(addr, registry, |shutdown| async move { doppler.serve(shutdown).await.expect("doppler serves") })
 }
 
 fn agent_config(dopplers: &[SocketAddr]) -> agent::Config {
@@ -71,14 +48,18 @@ fn agent_config(dopplers: &[SocketAddr]) -> agent::Config {
     }
 }
 
-async fn start_agent(config: agent::Config) -> Running {
+/// A running agent and its UDP address.
+async fn start_agent(config: agent::Config) -> (Running, Option<SocketAddr>) {
     let registry = Registry::new().scoped("agent");
     let agent = Agent::bind(config, &registry).await.expect("agent binds");
     let addrs = agent.local_addrs();
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let task = tokio::spawn(async move { agent.serve(token.cancelled_owned()).await.expect("agent serves") });
-    Running { addr: addrs.grpc, udp: addrs.udp, registry, stop, task }
+    let running =
+        Running::spawn(
+            addrs.grpc,
+            registry,
+            |shutdown| async move { agent.serve(shutdown).await.expect("agent serves") },
+        );
+    (running, addrs.udp)
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
@@ -135,7 +116,7 @@ async fn every_envelope_sent_to_the_agent_reaches_the_subscriber_unchanged() {
     let count = Arc::new(AtomicU64::new(0));
     subscribe(doppler.addr, &seen, &count).await;
     assert!(wait_until(DEADLINE, || doppler.metric("subscriptions", &[]) == 1).await);
-    let agent = start_agent(agent_config(&[doppler.addr])).await;
+    let (agent, _) = start_agent(agent_config(&[doppler.addr])).await;
 
     const N: u64 = 20_000;
     send_batches(agent.addr, (0..N).map(log_envelope)).await;
@@ -160,7 +141,7 @@ async fn sender_send_and_udp_ingress_all_reach_the_doppler() {
     assert!(wait_until(DEADLINE, || doppler.metric("subscriptions", &[]) == 1).await);
     let mut config = agent_config(&[doppler.addr]);
     config.tags = [("deployment".to_string(), "cf".to_string())].into();
-    let agent = start_agent(config).await;
+    let (agent, agent_udp) = start_agent(config).await;
 
     let mut client = IngressClient::new(channel(agent.addr).await);
     client.sender(futures::stream::iter(vec![log_envelope(1), log_envelope(2)])).await.expect("sender ok");
@@ -180,8 +161,8 @@ async fn sender_send_and_udp_ingress_all_reach_the_doppler() {
         ..Default::default()
     };
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket.send_to(&v1.encode_to_vec(), agent.udp.expect("udp bound")).await.unwrap();
-    socket.send_to(b"\xff\xff not dropsonde", agent.udp.unwrap()).await.unwrap();
+    socket.send_to(&v1.encode_to_vec(), agent_udp.expect("udp bound")).await.unwrap();
+    socket.send_to(b"\xff\xff not dropsonde", agent_udp.unwrap()).await.unwrap();
 
     assert!(wait_until(DEADLINE, || count.load(Ordering::SeqCst) == 4).await, "got {}", count.load(Ordering::SeqCst));
     let got = seen.lock().clone();
@@ -206,7 +187,7 @@ async fn three_dopplers_one_dies_and_returns_and_every_envelope_is_accounted_for
         dopplers.push(d);
     }
     let addrs: Vec<SocketAddr> = dopplers.iter().map(|d| d.addr).collect();
-    let agent = start_agent(agent_config(&addrs)).await;
+    let (agent, _) = start_agent(agent_config(&addrs)).await;
     let mut client = IngressClient::new(channel(agent.addr).await);
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let sending =
@@ -317,7 +298,7 @@ async fn mutual_tls_between_every_hop() {
     let mut ac = agent_config(&[doppler.addr]);
     ac.tls = Some(server);
     ac.doppler_tls = Some(client.clone());
-    let agent = start_agent(ac).await;
+    let (agent, _) = start_agent(ac).await;
     let mut ingress = IngressClient::new(tls_channel(agent.addr, "metron").connect().await.unwrap());
     let batch = EnvelopeBatch { batch: (0..10).map(log_envelope).collect() };
     ingress.batch_sender(futures::stream::iter(vec![batch])).await.unwrap();
@@ -345,7 +326,7 @@ async fn counters_get_totals_and_deprecated_tags_move_into_tags() {
     let count = Arc::new(AtomicU64::new(0));
     collect(stream, Arc::clone(&seen), Arc::clone(&count));
     assert!(wait_until(DEADLINE, || doppler.metric("subscriptions", &[]) == 1).await);
-    let agent = start_agent(agent_config(&[doppler.addr])).await;
+    let (agent, _) = start_agent(agent_config(&[doppler.addr])).await;
     let counter = |delta: u64| Envelope {
         deprecated_tags: [("origin".to_string(), v2::Value { data: Some(Data::Text("router".into())) })].into(),
         message: Some(Message::Counter(v2::Counter { name: "requests".into(), delta, total: 0 })),

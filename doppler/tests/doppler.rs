@@ -15,29 +15,10 @@ use loggregator_proto::v2::ingress_client::IngressClient;
 use loggregator_proto::v2::{
     self, envelope::Message, selector, EgressBatchRequest, EgressRequest, Envelope, EnvelopeBatch, Selector,
 };
-use plumbing::test_support::wait_until;
+use plumbing::test_support::{wait_until, Running};
 use plumbing::Registry;
-use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Running {
-    addr: SocketAddr,
-    registry: Registry,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.registry.sum(name, labels)
-    }
-
-    async fn shutdown(self) {
-        self.stop.cancel();
-        tokio::time::timeout(DEADLINE, self.task).await.expect("doppler stops").expect("no panic");
-    }
-}
 
 async fn start(config: Config) -> Running {
     let registry = Registry::new().scoped("doppler");
@@ -45,12 +26,7 @@ async fn start(config: Config) -> Running {
         .await
         .expect("doppler binds");
     let addr = doppler.local_addrs().grpc;
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let task = tokio::spawn(async move {
-        doppler.serve(token.cancelled_owned()).await.expect("doppler serves");
-    });
-    Running { addr, registry, stop, task }
+    Running::spawn(addr, registry, |shutdown| async move { doppler.serve(shutdown).await.expect("doppler serves") })
 }
 
 async fn channel(addr: SocketAddr) -> Channel {

@@ -79,3 +79,41 @@ fn fastrand_suffix() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     nanos ^ NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// A component serving in the background of a test: its address, its metrics, and a way to stop it.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub registry: crate::Registry,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawns `serve(shutdown)` for a component bound at `addr` that counts in `registry`.
+    pub fn spawn<F>(
+        addr: std::net::SocketAddr,
+        registry: crate::Registry,
+        serve: impl FnOnce(tokio_util::sync::WaitForCancellationFutureOwned) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(serve(stop.clone().cancelled_owned()));
+        Self { addr, registry, stop, task }
+    }
+
+    /// Sum of the series of metric `name` that carry `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.registry.sum(name, labels)
+    }
+
+    /// Signals shutdown and waits (at most 30 s) for the component to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("component stops within 30 s")
+            .expect("component task did not panic");
+    }
+}
