@@ -351,3 +351,23 @@ async fn counters_get_totals_and_deprecated_tags_move_into_tags() {
     agent.shutdown().await;
     doppler.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_the_agent_down_flushes_everything_it_accepted() {
+    let doppler = start_doppler(doppler_config("127.0.0.1:0")).await;
+    let (agent, _) = start_agent(agent_config(&[doppler.addr])).await;
+    const N: u64 = 20_000;
+    send_batches(agent.addr, (0..N).map(log_envelope)).await;
+    // The emitter's stream has ended OK, so the agent has accepted all N: stop it at once.
+    assert_eq!(agent.metric("ingress", &[]), N);
+    let registry = agent.registry.clone();
+    agent.shutdown().await;
+    assert_eq!(registry.sum("dropped", &[]), 0, "nothing dropped at shutdown");
+    assert_eq!(registry.sum("egress", &[]), N);
+    assert!(
+        wait_until(DEADLINE, || doppler.metric("ingress", &[]) == N).await,
+        "doppler got {}",
+        doppler.metric("ingress", &[])
+    );
+    doppler.shutdown().await;
+}
