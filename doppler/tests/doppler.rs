@@ -342,3 +342,23 @@ async fn frequent_client_keepalive_pings_are_tolerated() {
     }
     doppler.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_subscriber_buffers_before_ending_their_streams() {
+    let doppler = start(roomy()).await;
+    let mut stream = subscribe(doppler.addr, "", "", vec![log_selector("")]).await;
+    wait_for_subscriptions(&doppler, 1).await;
+    const N: u64 = 5_000;
+    send(doppler.addr, (0..N).map(|i| log_envelope("app", i)).collect()).await;
+    assert_eq!(doppler.metric("ingress", &[]), N);
+    // Stop at once: whatever is still buffered must reach the subscriber, then its stream ends.
+    let stopping = tokio::spawn(doppler.shutdown());
+    let mut received = 0u64;
+    while let Some(batch) =
+        tokio::time::timeout(DEADLINE, stream.message()).await.expect("stream ends in time").expect("ok")
+    {
+        received += batch.batch.len() as u64;
+    }
+    assert_eq!(received, N);
+    stopping.await.unwrap();
+}
