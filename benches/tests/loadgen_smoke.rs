@@ -53,3 +53,35 @@ fn agent_and_two_dopplers_over_mutual_tls_with_a_baseline() {
     assert_eq!(pipeline["groups"][0]["received"], pipeline["sent"], "{pipeline:#}");
     assert!(report["fraction_of_baseline"].is_number());
 }
+
+#[test]
+fn full_path_into_a_spawned_log_cache_is_read_back_and_read() {
+    let (ok, report) = loadgen(&[
+        "--scenario",
+        "agent-doppler-logcache",
+        "--rate",
+        "2000",
+        "--duration",
+        "1",
+        "--source-ids",
+        "20",
+        "--read-back",
+        "--readers",
+        "2",
+        "--read-duration",
+        "0.5",
+        "--assert-lossless",
+        "--json",
+    ]);
+    assert!(ok, "{report:#}");
+    let phase = &report["phases"][0];
+    let sent = phase["sent"].as_u64().expect("sent");
+    assert!(sent > 0, "{phase:#}");
+    assert_eq!(phase["groups"][0]["group"], "log-cache", "{phase:#}");
+    assert_eq!(phase["groups"][0]["received"], sent, "{phase:#}");
+    assert_eq!(phase["read_back"]["read"], sent, "{phase:#}");
+    assert_eq!(phase["read_back"]["errors"], 0, "{phase:#}");
+    let reads = &phase["http_reads"];
+    assert!(reads["reads"].as_u64().is_some_and(|n| n > 0), "{phase:#}");
+    assert_eq!(reads["errors"], 0, "{phase:#}");
+}

@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p benches --bin loadgen -- --scenario smoke
 //! cargo run --release -p benches --bin loadgen -- --spawn --agent --rate 100k --duration 10 --baseline
+//! cargo run --release -p benches --bin loadgen -- --scenario agent-doppler-logcache --read-back
+//! cargo run --release -p benches --bin loadgen -- --scenario logcache-http-read
 //! cargo run --release -p benches --bin loadgen -- --ingress 127.0.0.1:3458 --egress 127.0.0.1:8082 \
 //!     --ca ca.pem --cert client.pem --key client.key --metrics http://127.0.0.1:14825/metrics
 //! ```
@@ -92,9 +94,10 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 pids: Vec::new(),
             },
             format!(
-                "spawned {}{} doppler(s), {} subscriber(s){}",
+                "spawned {}{} doppler(s){}, {} subscriber(s){}",
                 if settings.agent { "agent → " } else { "" },
                 settings.dopplers,
+                if settings.log_cache { " → nozzle → log-cache" } else { "" },
                 settings.subscribers,
                 tls_note(&p.targets)
             ),
@@ -106,10 +109,20 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 egress: settings.egress.clone(),
                 egress_tls: settings.egress_tls.clone(),
                 sink_received: None,
+                log_cache_url: settings.log_cache_url.clone(),
             },
             settings.metrics.iter().cloned().map(MetricSource::Url).collect(),
             Accounting { threads: Vec::new(), pids: settings.pids.clone() },
-            format!("ingress {} → egress {}", settings.ingress.join(","), settings.egress.join(",")),
+            format!(
+                "ingress {}{}{}",
+                settings.ingress.join(","),
+                if settings.egress.is_empty() {
+                    String::new()
+                } else {
+                    format!(" → egress {}", settings.egress.join(","))
+                },
+                settings.log_cache_url.as_ref().map(|u| format!(" → log-cache {u}")).unwrap_or_default()
+            ),
         ),
     };
     let phase = Phase {

@@ -25,7 +25,7 @@ use super::settings::{ClientTls, Settings};
 
 /// One running component.
 pub struct Component {
-    /// `doppler-0`, `agent`, `null`.
+    /// `doppler-0`, `agent`, `log-cache`, `null`.
     pub name: String,
     /// Prefix of its threads' names (`/proc/self/task/*/comm`, at most 15 bytes).
     pub thread_name: String,
@@ -117,6 +117,8 @@ pub struct Targets {
     pub egress_tls: Option<ClientTls>,
     /// Envelopes the null sink counted (baseline only).
     pub sink_received: Option<Arc<AtomicU64>>,
+    /// HTTP base URL of a log-cache fed by the pipeline (spawned, or `--log-cache URL`).
+    pub log_cache_url: Option<String>,
 }
 
 /// The spawned components and what to drive.
@@ -157,7 +159,8 @@ fn log_error(component: &str) -> impl FnOnce(Result<(), Box<dyn std::error::Erro
 }
 
 impl Pipeline {
-    /// Starts `settings.dopplers` Dopplers and, with `settings.agent`, an agent in front of them.
+    /// Starts `settings.dopplers` Dopplers, with `settings.agent` an agent in front of them, and with
+    /// `settings.log_cache` a log-cache whose nozzle subscribes to every Doppler.
     pub fn spawn(settings: &Settings) -> anyhow::Result<Self> {
         let pki = settings.tls.then(|| TestPki::new(&["doppler", "metron"]));
         if let Some(pki) = &pki {
@@ -238,12 +241,53 @@ impl Pipeline {
             ingress_tls = client_tls(&pki, "metron");
             components.push(announce(component)?);
         }
+        let mut log_cache_url = None;
+        if settings.log_cache {
+            let registry = Registry::new();
+            let config = log_cache::Config {
+                grpc_addr: loopback(),
+                http_addr: loopback(),
+                shutdown_grace: Duration::from_secs(1),
+                nozzle: log_cache::config::NozzleConfig {
+                    addrs: dopplers.iter().map(ToString::to_string).collect(),
+                    tls: pki.as_ref().map(|p| p.client_files()),
+                    server_name: "doppler".into(),
+                    ..Default::default()
+                },
+                syslog: log_cache::config::SyslogConfig { addr: loopback(), ..Default::default() },
+                ..Default::default()
+            };
+            let reg = registry.clone();
+            let http = Arc::new(std::sync::OnceLock::new());
+            let http_addr = Arc::clone(&http);
+            let (component, _) =
+                Component::start("log-cache", "lcache", settings.pipeline_threads, registry, |stop| async move {
+                    let cache = log_cache::LogCache::bind(config, &reg).await?;
+                    let addrs = cache.local_addrs();
+                    let _ = http_addr.set(addrs.http);
+                    let log = log_error("log-cache");
+                    let task = tokio::spawn(async move {
+                        log(cache
+                            .serve(async move {
+                                let _ = stop.await;
+                            })
+                            .await
+                            .map_err(Into::into))
+                    });
+                    Ok((addrs.grpc, task))
+                })?;
+            let http = http.get().copied().context("log-cache HTTP address")?;
+            eprintln!("loadgen: log-cache HTTP API on http://{http}");
+            log_cache_url = Some(format!("http://{http}"));
+            components.push(announce(component)?);
+        }
         let targets = Targets {
             ingress,
             ingress_tls,
             egress: dopplers.iter().map(ToString::to_string).collect(),
             egress_tls: client_tls(&pki, "doppler"),
             sink_received: None,
+            log_cache_url,
         };
         Ok(Self { components, targets, _pki: pki })
     }
@@ -278,12 +322,14 @@ impl Pipeline {
             egress: Vec::new(),
             egress_tls: None,
             sink_received: Some(received),
+            log_cache_url: None,
         };
         Ok(Self { components: vec![component], targets, _pki: pki })
     }
 
     pub fn stop(&mut self) {
-        // Agents first, so they can flush into still-running Dopplers.
+        // Log-cache first (its nozzle must not see Dopplers go away as errors), then the agent, so
+        // it can flush into still-running Dopplers.
         for component in self.components.iter_mut().rev() {
             component.stop();
         }

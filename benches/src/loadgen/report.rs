@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::logcache::{HttpReadReport, ReadBackReport};
 use super::observe::Hop;
 use super::settings::Settings;
 
@@ -98,6 +99,12 @@ pub struct PhaseReport {
     pub cpu: Vec<CpuReport>,
     pub memory: Vec<MemoryReport>,
     pub notes: Vec<String>,
+    /// `--read-back`: what came back from the log-cache over HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_back: Option<ReadBackReport>,
+    /// `--readers N`: log-cache HTTP read throughput.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_reads: Option<HttpReadReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -225,7 +232,7 @@ impl Report {
             if foreign > 0 {
                 let _ = writeln!(out, "foreign envelopes (other traffic, not counted): {foreign}");
             }
-            if p.groups.len() > 1 || p.groups.iter().any(|g| g.subscribers > 1) {
+            if p.groups.len() > 1 || p.groups.iter().any(|g| g.subscribers != 1) {
                 for g in &p.groups {
                     let _ = writeln!(
                         out,
@@ -263,6 +270,50 @@ impl Report {
                     .map(|m| format!("{} peak {:.1} MiB (now {:.1})", m.name, m.peak_rss_mib, m.rss_mib))
                     .collect();
                 let _ = writeln!(out, "memory: {}", mem.join(", "));
+            }
+            if let Some(r) = &p.read_back {
+                let _ = writeln!(
+                    out,
+                    "read back from {}: {} of {} sent ({} missing, {:.4} %) from {} source ids in {} pages, {:.1} s, {} errors{}",
+                    r.url,
+                    r.read,
+                    r.sent,
+                    r.missing,
+                    r.missing_pct,
+                    r.source_ids,
+                    r.pages,
+                    r.seconds,
+                    r.errors,
+                    r.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+                );
+            }
+            if let Some(r) = &p.http_reads {
+                let l = &r.latency;
+                let _ = writeln!(
+                    out,
+                    "HTTP reads of {} ({} envelopes) at {}: {:.0} reads/s ({} readers × {:.1} s, limit {}, {:.1} envelopes/read, {} errors); \
+                     read latency p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+                    r.source_id,
+                    r.source_envelopes,
+                    r.url,
+                    r.reads_per_second,
+                    r.readers,
+                    r.seconds,
+                    r.limit,
+                    r.envelopes_per_read,
+                    r.errors,
+                    l.p50_ms,
+                    l.p99_ms,
+                    l.max_ms
+                );
+                if !r.cpu.is_empty() {
+                    let cpu: Vec<String> =
+                        r.cpu.iter().map(|(n, s, k)| format!("{n} {s:.2} s ({:.0} µs/read)", k * 1000.0)).collect();
+                    let _ = writeln!(out, "cpu during reads: {}", cpu.join(", "));
+                }
+                if let Some(e) = &r.first_error {
+                    let _ = writeln!(out, "first read error: {e}");
+                }
             }
             for note in &p.notes {
                 let _ = writeln!(out, "note: {note}");

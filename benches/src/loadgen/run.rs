@@ -5,20 +5,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use plumbing::Registry;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::logcache::{self, LogCacheClient};
 use super::observe::{self, Hop, Snapshot};
 use super::pipeline::Targets;
 use super::report::{CpuReport, GroupReport, Latency, MemoryReport, PhaseReport, SubscriberReport};
 use super::sender::{SendStats, Sender};
 use super::settings::{Rate, Settings};
 use super::subscriber::{firehose, latency_histogram, Connection, SubStats};
-use crate::workload::{batch_templates, Shape};
+use crate::workload::{batch_templates, now_nanos, Shape};
 
 /// Where per-hop counters come from.
 #[derive(Clone)]
@@ -150,6 +151,13 @@ impl Phase<'_> {
         for source in &self.metrics {
             before.push(source.snapshot().await.ok());
         }
+        let log_cache = self.targets.log_cache_url.as_deref().map(LogCacheClient::new).transpose()?;
+        if let Some(client) = &log_cache {
+            // Reachable before the run, and nothing of this run's (fresh) source ids stored yet.
+            client.stored(&self.source_prefix).await.context("log-cache before the run")?;
+        }
+        // Read-back starts a second before the first timestamp.
+        let since = now_nanos() - 1_000_000_000;
         let subs = self.subscribe().await?;
         observe::reset_peak_rss();
         let cpu_before = CpuSnapshot::take(&self.accounting);
@@ -186,14 +194,20 @@ impl Phase<'_> {
             let sub_stats = subs.stats.clone();
             let sink = self.targets.sink_received.clone();
             let name = self.name.to_string();
+            let log_cache = log_cache.clone();
+            let prefix = self.source_prefix.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-                let (mut last_sent, mut last_received) = (0u64, 0u64);
+                let (mut last_sent, mut last_received, mut stored) = (0u64, 0u64, 0u64);
                 loop {
                     tick.tick().await;
                     let sent = stats.sent.load(Ordering::Relaxed);
+                    if let Some(client) = &log_cache {
+                        stored = client.stored(&prefix).await.unwrap_or(stored);
+                    }
                     let received = sink.as_ref().map(|r| r.load(Ordering::Relaxed)).unwrap_or(0)
-                        + sub_stats.iter().map(|st| st.received.load(Ordering::Relaxed)).sum::<u64>();
+                        + sub_stats.iter().map(|st| st.received.load(Ordering::Relaxed)).sum::<u64>()
+                        + stored;
                     eprintln!(
                         "[{name} {:>5.1}s] sent {sent:>11} ({:>8}/s)  received {received:>11} ({:>8}/s per copy)  errors {}",
                         start.elapsed().as_secs_f64(),
@@ -211,11 +225,20 @@ impl Phase<'_> {
         let send_elapsed = start.elapsed().as_secs_f64();
 
         // Drain: until every copy is complete, or nothing has arrived for a second, or the drain time.
+        // A log-cache is polled (`/api/v1/meta`) every 200 ms; subscribers are counters.
         let sent = stats.sent.load(Ordering::Relaxed);
         let drain_until = Instant::now() + Duration::from_secs_f64(s.drain_s);
+        let mut stored: Option<u64> = None;
+        let mut log_cache_error = None;
         let (mut last, mut last_change) = (received(&subs, &self.targets.sink_received), Instant::now());
         while Instant::now() < drain_until {
-            let now_received = received(&subs, &self.targets.sink_received);
+            if let Some(client) = &log_cache {
+                match client.stored(&self.source_prefix).await {
+                    Ok(n) => stored = Some(n),
+                    Err(e) => log_cache_error = Some(format!("log-cache: {e:#}")),
+                }
+            }
+            let now_received = received(&subs, &self.targets.sink_received) + stored.unwrap_or(0);
             if now_received >= sent * copies {
                 break;
             }
@@ -224,7 +247,14 @@ impl Phase<'_> {
             } else if last_change.elapsed() > Duration::from_secs(1) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let pause = if log_cache.is_some() { 200 } else { 20 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        if let Some(client) = &log_cache {
+            match client.stored(&self.source_prefix).await {
+                Ok(n) => (stored, log_cache_error) = (Some(n), None),
+                Err(e) => log_cache_error = Some(format!("log-cache: {e:#}")),
+            }
         }
         progress.abort();
         let cpu_after = CpuSnapshot::take(&self.accounting);
@@ -251,8 +281,16 @@ impl Phase<'_> {
             }
         }
 
+        notes.extend(log_cache_error);
+        if log_cache.is_some() {
+            notes.push(
+                "log-cache hop: delivered = envelopes of this run stored (count + expired in /api/v1/meta); \
+                 no latency for this hop (log-cache has no streaming egress)"
+                    .into(),
+            );
+        }
         let sink_received = self.targets.sink_received.as_ref().map(|r| r.load(Ordering::Relaxed));
-        Ok(self.build_report(ReportInputs {
+        let mut report = self.build_report(ReportInputs {
             sent,
             send_elapsed,
             stats: &stats,
@@ -263,7 +301,65 @@ impl Phase<'_> {
             cpu_before,
             cpu_after,
             notes,
-        }))
+            log_cache_stored: if log_cache.is_some() { Some(stored.unwrap_or(0)) } else { None },
+        });
+
+        if let Some(client) = &log_cache {
+            if s.read_back {
+                eprintln!("loadgen: reading back {} source ids from {}", s.source_ids, client.base());
+                report.read_back = Some(
+                    logcache::read_back(
+                        client,
+                        &self.source_prefix,
+                        s.source_ids,
+                        since,
+                        sent,
+                        4,
+                        Duration::from_secs(120),
+                    )
+                    .await,
+                );
+            }
+            if s.readers > 0 {
+                let source_id = format!("{}0", self.source_prefix);
+                eprintln!(
+                    "loadgen: HTTP reads of {source_id} (limit {}) with {} readers for {} s",
+                    s.read_limit, s.readers, s.read_duration_s
+                );
+                let cpu_before = CpuSnapshot::take(&self.accounting);
+                let result = logcache::read_throughput(
+                    client,
+                    &source_id,
+                    s.readers,
+                    s.read_limit,
+                    Duration::from_secs_f64(s.read_duration_s),
+                )
+                .await;
+                let cpu_after = CpuSnapshot::take(&self.accounting);
+                match result {
+                    Ok(mut reads) => {
+                        let thousands = (reads.reads as f64 / 1000.0).max(1e-12);
+                        let mut components = 0.0;
+                        for (name, thread) in &self.accounting.threads {
+                            let t = cpu_after.threads.get(thread).copied().unwrap_or(0.0)
+                                - cpu_before.threads.get(thread).copied().unwrap_or(0.0);
+                            components += t;
+                            reads.cpu.push((name.clone(), t, t / thousands));
+                        }
+                        let loadgen = cpu_after.process - cpu_before.process - components;
+                        reads.cpu.push(("loadgen".into(), loadgen, loadgen / thousands));
+                        for (i, (name, _)) in self.accounting.pids.iter().enumerate() {
+                            if let (Some(Some(b)), Some(Some(a))) = (cpu_before.pids.get(i), cpu_after.pids.get(i)) {
+                                reads.cpu.push((name.clone(), a - b, (a - b) / thousands));
+                            }
+                        }
+                        report.http_reads = Some(reads);
+                    }
+                    Err(error) => report.notes.push(format!("HTTP read throughput: {error:#}")),
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// How many full copies of the stream the subscribers should receive in total.
@@ -271,10 +367,11 @@ impl Phase<'_> {
         if self.targets.sink_received.is_some() {
             return 1;
         }
+        let log_cache = usize::from(self.targets.log_cache_url.is_some());
         if self.targets.egress.is_empty() {
-            return 0;
+            return log_cache;
         }
-        self.groups().len()
+        self.groups().len() + log_cache
     }
 
     /// Subscriber ids by group (shard id, or the subscriber itself when it has none).
@@ -318,7 +415,7 @@ impl Phase<'_> {
             let loss_pct = if r.sent == 0 { 0.0 } else { lost as f64 * 100.0 / r.sent as f64 };
             GroupReport { group, subscribers: members, expected: r.sent, received, lost, loss_pct }
         };
-        let groups: Vec<GroupReport> = match r.sink_received {
+        let mut groups: Vec<GroupReport> = match r.sink_received {
             Some(received) => vec![group_report("null-sink".into(), 1, received)],
             None if subscribers.is_empty() => Vec::new(),
             None => self
@@ -330,6 +427,9 @@ impl Phase<'_> {
                 })
                 .collect(),
         };
+        if let Some(stored) = r.log_cache_stored {
+            groups.push(group_report("log-cache".into(), 0, stored));
+        }
         let loss_pct = groups.iter().map(|g| g.loss_pct).fold(0.0, f64::max);
         let delivered = if groups.is_empty() {
             0.0
@@ -403,6 +503,8 @@ impl Phase<'_> {
             cpu,
             memory,
             notes: r.notes,
+            read_back: None,
+            http_reads: None,
         }
     }
 }
@@ -418,4 +520,6 @@ struct ReportInputs<'a> {
     cpu_before: CpuSnapshot,
     cpu_after: CpuSnapshot,
     notes: Vec<String>,
+    /// This run's envelopes a log-cache stored, when there is one.
+    log_cache_stored: Option<u64>,
 }

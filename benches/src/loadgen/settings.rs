@@ -143,6 +143,23 @@ pub struct Knobs {
     /// Also measure a null pipeline (a `BatchSender` server that discards) in the same run.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub baseline: Option<bool>,
+    /// With --spawn: also start a log-cache whose nozzle subscribes to every Doppler (shard id
+    /// `log-cache`); what it stores is the "log-cache" group of the report.
+    #[arg(long = "spawn-log-cache", num_args = 0..=1, default_missing_value = "true")]
+    pub log_cache: Option<bool>,
+    /// After the run, read back every source id of the run from the log-cache over HTTP (pages of
+    /// 1000, as go-log-cache's Walk) and report read vs sent. Default: on with --log-cache URL.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub read_back: Option<bool>,
+    /// After the run, measure log-cache HTTP reads/s with this many concurrent readers (0 = off).
+    #[arg(long)]
+    pub readers: Option<usize>,
+    /// Seconds of the HTTP read-throughput phase.
+    #[arg(long)]
+    pub read_duration: Option<f64>,
+    /// Envelopes per read of the HTTP read-throughput phase (log-cache's maximum is 1000).
+    #[arg(long)]
+    pub read_limit: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -170,6 +187,10 @@ pub struct Cli {
     /// `/metrics` URLs of the components (http://host:port/metrics), read before and after.
     #[arg(long, value_delimiter = ',')]
     pub metrics: Vec<String>,
+    /// A log-cache's HTTP base URL (`http://127.0.0.1:8083`): what it stores of this run is the
+    /// "log-cache" group (from `/api/v1/meta`), and it is read back after the run.
+    #[arg(long = "log-cache")]
+    pub log_cache_url: Option<String>,
     /// Component processes to account CPU and peak RSS for, as NAME=PID.
     #[arg(long = "pid", value_delimiter = ',')]
     pub pids: Vec<String>,
@@ -245,6 +266,12 @@ pub struct Settings {
     pub agent_buffer: usize,
     pub loadgen_threads: usize,
     pub baseline: bool,
+    pub log_cache: bool,
+    pub read_back: bool,
+    pub readers: usize,
+    pub read_duration_s: f64,
+    pub read_limit: usize,
+    pub log_cache_url: Option<String>,
     pub ingress: Vec<String>,
     pub egress: Vec<String>,
     pub metrics: Vec<String>,
@@ -363,6 +390,12 @@ impl Settings {
             agent_buffer: pick!(agent_buffer, 10_000).max(1),
             loadgen_threads: pick!(loadgen_threads, 2).max(1),
             baseline: pick!(baseline, false),
+            log_cache: pick!(log_cache, false),
+            read_back: pick!(read_back, cli.log_cache_url.is_some()),
+            readers: pick!(readers, 0),
+            read_duration_s: pick!(read_duration, 5.0),
+            read_limit: pick!(read_limit, 100).clamp(1, 1000),
+            log_cache_url: cli.log_cache_url.clone(),
             ingress: cli.ingress.clone(),
             egress: cli.egress.clone(),
             metrics: cli.metrics.clone(),
@@ -375,6 +408,19 @@ impl Settings {
         }
         if settings.spawn && !(settings.ingress.is_empty() && settings.egress.is_empty()) {
             bail!("--spawn starts its own pipeline: do not combine it with --ingress/--egress");
+        }
+        if settings.log_cache && !settings.spawn {
+            bail!("--spawn-log-cache needs --spawn (for an external log-cache, give --log-cache URL)");
+        }
+        if settings.log_cache && settings.log_cache_url.is_some() {
+            bail!("--spawn-log-cache starts its own log-cache: do not combine it with --log-cache URL");
+        }
+        let has_log_cache = settings.log_cache || settings.log_cache_url.is_some();
+        if (settings.read_back || settings.readers > 0) && !has_log_cache {
+            bail!("--read-back and --readers need a log-cache: --spawn --spawn-log-cache, or --log-cache URL");
+        }
+        if !(settings.read_duration_s > 0.0 && settings.read_duration_s <= 3600.0) {
+            bail!("read duration must be between 0 and 1 h");
         }
         if !(settings.duration_s > 0.0 && settings.duration_s <= 24.0 * 3600.0) {
             bail!("duration must be between 0 and 24 h");
@@ -415,6 +461,20 @@ mod tests {
             let cli = Cli::parse_from(["loadgen", "--scenario", &name]);
             Settings::resolve(&cli).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
+    }
+
+    #[test]
+    fn log_cache_flags() {
+        let cli = Cli::parse_from(["loadgen", "--scenario", "agent-doppler-logcache"]);
+        let settings = Settings::resolve(&cli).expect("valid");
+        assert!(settings.spawn && settings.log_cache && settings.agent);
+        let cli = Cli::parse_from(["loadgen", "--ingress", "127.0.0.1:1", "--log-cache", "http://127.0.0.1:2"]);
+        let settings = Settings::resolve(&cli).expect("valid");
+        assert!(settings.read_back, "read back by default with --log-cache URL");
+        let cli = Cli::parse_from(["loadgen", "--ingress", "127.0.0.1:1", "--readers", "2"]);
+        assert!(Settings::resolve(&cli).is_err(), "readers need a log-cache");
+        let cli = Cli::parse_from(["loadgen", "--ingress", "127.0.0.1:1", "--spawn-log-cache"]);
+        assert!(Settings::resolve(&cli).is_err(), "a spawned log-cache needs --spawn");
     }
 
     #[test]
