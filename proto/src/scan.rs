@@ -224,7 +224,8 @@ fn expect_len(wire_type: WireType) -> Result<(), ScanError> {
 /// Scans one encoded `Envelope`: `buf` is exactly its bytes.
 pub fn scan_envelope(buf: &[u8]) -> Result<EnvelopeMeta, ScanError> {
     let mut meta = EnvelopeMeta::default();
-    let mut keys = GaugeKeys::new();
+    // Only gauges need the key set: built on the first gauge field, not for every envelope.
+    let mut keys: Option<GaugeKeys> = None;
     let mut pos = 0;
     while pos < buf.len() {
         let (field, wire_type) = read_key(buf, &mut pos)?;
@@ -274,7 +275,7 @@ pub fn scan_envelope(buf: &[u8]) -> Result<EnvelopeMeta, ScanError> {
                 expect_len(wire_type)?;
                 let range = read_len(buf, &mut pos)?;
                 switch_kind(&mut meta, &mut keys, EnvelopeKind::Gauge);
-                scan_gauge(buf, range, &mut meta, &mut keys)?;
+                scan_gauge(buf, range, &mut meta, keys.get_or_insert_with(GaugeKeys::new))?;
             }
             _ => skip_field(buf, &mut pos, field, wire_type)?,
         }
@@ -283,13 +284,15 @@ pub fn scan_envelope(buf: &[u8]) -> Result<EnvelopeMeta, ScanError> {
 }
 
 /// Applies the oneof rule: the same member again merges; another member starts afresh.
-fn switch_kind(meta: &mut EnvelopeMeta, keys: &mut GaugeKeys, kind: EnvelopeKind) {
+fn switch_kind(meta: &mut EnvelopeMeta, keys: &mut Option<GaugeKeys>, kind: EnvelopeKind) {
     if meta.kind != Some(kind) {
         meta.kind = Some(kind);
         meta.name = 0..0;
         meta.gauge_keys_hash = 0;
         meta.gauge_key_count = 0;
-        keys.clear();
+        if let Some(keys) = keys {
+            keys.clear();
+        }
     }
 }
 
