@@ -17,7 +17,10 @@ fn token(scopes: &[&str], user: &str) -> String {
 }
 
 async fn start_with_auth() -> (Running, std::path::PathBuf) {
-    let acl = std::env::temp_dir().join(format!("log-cache-acl-{}-{}.toml", std::process::id(), line!()));
+    // One file per call: tests run in parallel and each removes its own file when done.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let acl = std::env::temp_dir().join(format!("log-cache-acl-{}-{n}.toml", std::process::id()));
     std::fs::write(&acl, "[sources]\nalice = [\"app-a\"]\n").expect("writes acl");
     let mut config = test_config();
     config.auth.enabled = true;
