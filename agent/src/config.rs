@@ -29,11 +29,9 @@ pub struct Config {
     pub connections: NonZeroUsize,
     /// Envelopes held between ingress and egress; emitters never wait, the oldest is dropped beyond it.
     pub ingress_buffer: NonZeroUsize,
-    /// Most envelopes per batch sent to a Doppler.
+    /// Most envelopes per batch sent to a Doppler. Batches go out as soon as the diode holds
+    /// anything, so no envelope waits for a batch to fill (the original flushes every 100 ms).
     pub batch_size: NonZeroUsize,
-    /// Longest an envelope waits for its batch to fill.
-    #[serde(with = "ms")]
-    pub flush_interval: Duration,
     /// A stream to a Doppler is closed cleanly and reopened after this long, so a Doppler that shuts
     /// down gracefully receives everything that was sent to it, and new Dopplers get picked up.
     #[serde(with = "ms")]
@@ -69,7 +67,6 @@ impl Default for Config {
             connections: NonZeroUsize::new(5).expect("non-zero constant"),
             ingress_buffer: NonZeroUsize::new(10_000).expect("non-zero constant"),
             batch_size: NonZeroUsize::new(100).expect("non-zero constant"),
-            flush_interval: Duration::from_millis(100),
             stream_max_age: Duration::from_secs(1),
             stream_max_envelopes: 100_000,
             backoff_initial: Duration::from_millis(50),

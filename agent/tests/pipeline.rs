@@ -102,6 +102,16 @@ async fn subscribe(addr: SocketAddr, seen: &Seen, count: &Arc<AtomicU64>) {
     collect(stream, Arc::clone(seen), Arc::clone(count));
 }
 
+/// A Doppler with one subscriber of every log, registered before this returns.
+async fn doppler_with_log_subscriber() -> (Running, Seen, Arc<AtomicU64>) {
+    let doppler = start_doppler(doppler_config("127.0.0.1:0")).await;
+    let seen: Seen = Default::default();
+    let count = Arc::new(AtomicU64::new(0));
+    subscribe(doppler.addr, &seen, &count).await;
+    assert!(wait_until(DEADLINE, || doppler.metric("subscriptions", &[]) == 1).await);
+    (doppler, seen, count)
+}
+
 async fn send_batches(addr: SocketAddr, envelopes: impl Iterator<Item = Envelope>) {
     let mut client = IngressClient::new(channel(addr).await);
     let all: Vec<Envelope> = envelopes.collect();
@@ -111,11 +121,7 @@ async fn send_batches(addr: SocketAddr, envelopes: impl Iterator<Item = Envelope
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_envelope_sent_to_the_agent_reaches_the_subscriber_unchanged() {
-    let doppler = start_doppler(doppler_config("127.0.0.1:0")).await;
-    let seen: Seen = Default::default();
-    let count = Arc::new(AtomicU64::new(0));
-    subscribe(doppler.addr, &seen, &count).await;
-    assert!(wait_until(DEADLINE, || doppler.metric("subscriptions", &[]) == 1).await);
+    let (doppler, seen, count) = doppler_with_log_subscriber().await;
     let (agent, _) = start_agent(agent_config(&[doppler.addr])).await;
 
     const N: u64 = 20_000;
@@ -134,11 +140,7 @@ async fn every_envelope_sent_to_the_agent_reaches_the_subscriber_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_send_and_udp_ingress_all_reach_the_doppler() {
-    let doppler = start_doppler(doppler_config("127.0.0.1:0")).await;
-    let seen: Seen = Default::default();
-    let count = Arc::new(AtomicU64::new(0));
-    subscribe(doppler.addr, &seen, &count).await;
-    assert!(wait_until(DEADLINE, || doppler.metric("subscriptions", &[]) == 1).await);
+    let (doppler, seen, count) = doppler_with_log_subscriber().await;
     let mut config = agent_config(&[doppler.addr]);
     config.tags = [("deployment".to_string(), "cf".to_string())].into();
     let (agent, agent_udp) = start_agent(config).await;

@@ -20,11 +20,9 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// Envelopes buffered per subscription; a slow subscriber loses the oldest beyond this.
     pub subscription_buffer: NonZeroUsize,
-    /// Most envelopes per egress batch.
+    /// Most envelopes per egress batch. Batches go out as soon as a subscription holds anything,
+    /// so the original's 100 ms flush interval is met without a setting of its own.
     pub batch_size: NonZeroUsize,
-    /// Longest an envelope waits in a subscription before its batch is sent.
-    #[serde(with = "humantime_ms")]
-    pub flush_interval: Duration,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
     /// Most concurrent egress subscriptions; more are refused with RESOURCE_EXHAUSTED.
@@ -32,7 +30,7 @@ pub struct Config {
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_streams_per_connection: u32,
     /// How long a shutdown waits for ingress streams to end and egress buffers to flush.
-    #[serde(with = "humantime_ms")]
+    #[serde(with = "millis")]
     pub shutdown_grace: Duration,
     /// Mutual TLS; plaintext when absent.
     pub tls: Option<TlsFiles>,
@@ -44,7 +42,6 @@ impl Default for Config {
             grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("constant address parses"),
             subscription_buffer: NonZeroUsize::new(DEFAULT_SUBSCRIPTION_BUFFER).expect("non-zero constant"),
             batch_size: NonZeroUsize::new(100).expect("non-zero constant"),
-            flush_interval: Duration::from_millis(100),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_subscriptions: 1000,
             max_streams_per_connection: 1024,
@@ -54,8 +51,8 @@ impl Default for Config {
     }
 }
 
-/// Durations in config files are integer milliseconds (`flush_interval = 100`).
-pub mod humantime_ms {
+/// Durations in config files are integer milliseconds (`shutdown_grace = 5000`).
+pub mod millis {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
