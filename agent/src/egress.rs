@@ -282,14 +282,13 @@ impl Connection {
         let scheme = if self.settings.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             // Go clients ping every 15 s; a Doppler must tolerate it (§2.7) and we do the same.
             .http2_keep_alive_interval(Duration::from_secs(15))
             .keep_alive_timeout(Duration::from_secs(20));
         if let Some(tls) = &self.settings.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
-        endpoint.connect().await
+        plumbing::grpc::connect(&endpoint).await
     }
 
     /// One `BatchSender` call: sends batches until a limit, shutdown, or failure.

@@ -19,7 +19,7 @@ use loggregator_proto::{BatchScanner, RawEnvelope};
 use plumbing::{Counter, Diode};
 use prost::Message;
 
-use doppler::router::{Subscriber, SubscriptionSpec};
+use doppler::router::{Staging, Subscriber, SubscriptionSpec};
 use doppler::Router;
 
 fn log_selector(source_id: String) -> Selector {
@@ -86,7 +86,24 @@ fn fanout(c: &mut Criterion) {
                 subscriber: Arc::clone(s),
             });
         }
-        // Route the batch, then drain every subscriber's diode as its egress task would.
+        // Route the batch (staged: one diode write per subscriber, as the Doppler's ingress does),
+        // then drain every subscriber's diode as its egress task would.
+        group.bench_function(format!("{subscribers}_subscribers_staged"), |b| {
+            let mut out = Vec::with_capacity(100);
+            let mut staging = Staging::default();
+            b.iter_batched(
+                || batch.clone(),
+                |batch| {
+                    router.table().route_batch(&batch, &mut staging);
+                    for s in &subs {
+                        out.clear();
+                        s.diode.pop_batch(&mut out, 100);
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        // The same, one diode write per envelope.
         group.bench_function(format!("{subscribers}_subscribers"), |b| {
             let mut out = Vec::with_capacity(100);
             b.iter_batched(

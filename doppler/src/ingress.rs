@@ -16,7 +16,7 @@ use plumbing::Counter;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::router::Router;
+use crate::router::{Router, Staging};
 
 /// Counts live ingress streams so a shutdown can wait for them to end.
 #[derive(Default)]
@@ -89,16 +89,18 @@ impl Ingress for IngressService {
         let _active = self.active.enter();
         let mut stream = request.into_inner();
         let mut envelopes: Vec<RawEnvelope> = Vec::with_capacity(128);
+        let mut staging = Staging::default();
         while let Some(batch) = stream.message().await? {
             envelopes.clear();
             for envelope in batch.scan() {
                 envelopes.push(envelope.map_err(malformed)?);
             }
-            let table = self.router.table();
-            for envelope in &envelopes {
-                table.route(envelope);
-            }
+            self.router.table().route_batch(&envelopes, &mut staging);
             self.ingress.add(envelopes.len() as u64);
+            // Let the subscriptions' egress tasks drain before routing the next batch: h2 often
+            // holds many batches already received, and routing them all in one go (tokio's budget
+            // allows it) can overrun a 1000-envelope subscription buffer on a busy core.
+            tokio::task::yield_now().await;
         }
         Ok(Response::new(BatchSenderResponse {}))
     }

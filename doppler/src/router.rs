@@ -51,6 +51,21 @@ impl Subscriber {
             self.dropped.inc();
         }
     }
+
+    /// One diode write (one fence, one wake-up) for everything a batch routed here.
+    fn deliver_many(&self, envelopes: &mut Vec<Bytes>) {
+        let dropped = self.diode.push_many(envelopes.drain(..));
+        if dropped > 0 {
+            self.dropped.add(dropped);
+        }
+    }
+}
+
+/// Per-subscriber staging for [`Table::route_batch`], kept by the caller across batches so routing
+/// allocates nothing once warm.
+#[derive(Default)]
+pub struct Staging {
+    per_subscriber: Vec<Vec<Bytes>>,
 }
 
 /// What a subscription asked for.
@@ -96,17 +111,19 @@ fn type_filter(selector: &Selector) -> Option<TypeFilter> {
 struct Group {
     /// Empty: every member gets every envelope.
     shard_id: String,
-    /// Sorted by deterministic name when `deterministic` (so every Doppler picks alike).
-    members: Vec<Arc<Subscriber>>,
+    /// Indexes into [`Table::subscribers`], sorted by deterministic name when `deterministic` (so
+    /// every Doppler picks alike).
+    members: Vec<usize>,
     deterministic: bool,
 }
 
 impl Group {
+    /// Calls `to` with the index of every member that receives `envelope`.
     #[inline]
-    fn deliver(&self, envelope: &RawEnvelope) {
+    fn deliver(&self, envelope: &RawEnvelope, to: &mut impl FnMut(usize)) {
         if self.shard_id.is_empty() {
-            for member in &self.members {
-                member.deliver(&envelope.bytes);
+            for &member in &self.members {
+                to(member);
             }
             return;
         }
@@ -122,7 +139,7 @@ impl Group {
         } else {
             fastrand::usize(..n)
         };
-        self.members[index].deliver(&envelope.bytes);
+        to(self.members[index]);
     }
 }
 
@@ -152,8 +169,8 @@ impl Groups {
     }
 
     #[inline]
-    fn deliver(&self, envelope: &RawEnvelope) {
-        let deliver_all = |groups: &[Group]| groups.iter().for_each(|g| g.deliver(envelope));
+    fn deliver(&self, envelope: &RawEnvelope, to: &mut impl FnMut(usize)) {
+        let mut deliver_all = |groups: &[Group]| groups.iter().for_each(|g| g.deliver(envelope, to));
         match envelope.meta.kind {
             Some(EnvelopeKind::Log) => deliver_all(&self.log),
             Some(EnvelopeKind::Counter) => {
@@ -185,30 +202,33 @@ impl Groups {
 pub struct Table {
     by_source: FastMap<String, Groups>,
     any_source: Groups,
+    /// Every subscription's buffer; groups refer to them by index.
+    subscribers: Vec<Arc<Subscriber>>,
 }
 
 impl Table {
     fn build(specs: &BTreeMap<SubscriptionId, SubscriptionSpec>) -> Self {
         // (source id, filter, shard id) -> [(deterministic name, subscriber)]
-        type Members = Vec<(String, Arc<Subscriber>)>;
+        type Members = Vec<(String, usize)>;
         let mut grouped: BTreeMap<(String, TypeFilter, String), Members> = BTreeMap::new();
-        for spec in specs.values() {
+        let mut table = Table::default();
+        for (index, spec) in specs.values().enumerate() {
+            table.subscribers.push(Arc::clone(&spec.subscriber));
             for selector in &spec.selectors {
                 // The Doppler silently skips selectors without a message type (§2.4).
                 let Some(filter) = type_filter(selector) else { continue };
                 grouped
                     .entry((selector.source_id.clone(), filter, spec.shard_id.clone()))
                     .or_default()
-                    .push((spec.deterministic_name.clone(), Arc::clone(&spec.subscriber)));
+                    .push((spec.deterministic_name.clone(), index));
             }
         }
-        let mut table = Table::default();
         for ((source_id, filter, shard_id), mut members) in grouped {
             let deterministic = members.iter().any(|(name, _)| !name.is_empty());
             if deterministic {
                 members.sort_by(|a, b| a.0.cmp(&b.0));
             }
-            let group = Group { shard_id, members: members.into_iter().map(|(_, s)| s).collect(), deterministic };
+            let group = Group { shard_id, members: members.into_iter().map(|(_, i)| i).collect(), deterministic };
             let groups = if source_id.is_empty() {
                 &mut table.any_source
             } else {
@@ -219,15 +239,41 @@ impl Table {
         table
     }
 
-    /// Delivers one envelope to every subscription that asked for it.
     #[inline]
-    pub fn route(&self, envelope: &RawEnvelope) {
+    fn route_each(&self, envelope: &RawEnvelope, to: &mut impl FnMut(usize)) {
         if !self.by_source.is_empty() {
             if let Some(groups) = self.by_source.get(envelope.source_id()) {
-                groups.deliver(envelope);
+                groups.deliver(envelope, to);
             }
         }
-        self.any_source.deliver(envelope);
+        self.any_source.deliver(envelope, to);
+    }
+
+    /// Delivers one envelope to every subscription that asked for it.
+    pub fn route(&self, envelope: &RawEnvelope) {
+        self.route_each(envelope, &mut |s| self.subscribers[s].deliver(&envelope.bytes));
+    }
+
+    /// Delivers a batch: routed envelope by envelope into `staging`, then written to each
+    /// subscription's diode at once, in order. Per envelope this is a reference-count increment and
+    /// a `Vec` push; the diode's fence and wake-up are paid once per subscriber and batch.
+    pub fn route_batch(&self, envelopes: &[RawEnvelope], staging: &mut Staging) {
+        let n = self.subscribers.len();
+        if n == 0 {
+            return;
+        }
+        if staging.per_subscriber.len() < n {
+            staging.per_subscriber.resize_with(n, Vec::new);
+        }
+        let staged = &mut staging.per_subscriber[..n];
+        for envelope in envelopes {
+            self.route_each(envelope, &mut |s| staged[s].push(envelope.bytes.clone()));
+        }
+        for (subscriber, staged) in self.subscribers.iter().zip(staged.iter_mut()) {
+            if !staged.is_empty() {
+                subscriber.deliver_many(staged);
+            }
+        }
     }
 }
 

@@ -1,13 +1,124 @@
-//! gRPC server plumbing shared by every component.
+//! gRPC transport plumbing shared by every component: accepted and dialled connections.
+//!
+//! Two things tonic does not do for us:
+//! - It ignores `Server::tcp_nodelay` when given its own incoming stream, and without it Nagle's
+//!   algorithm and the peer's delayed ACK hold the tail of a write for ~40 ms: that was the p99 of
+//!   every hop (BENCHMARKS.md §4).
+//! - rustls reads the socket in 4 KiB steps (`read_tls` asks for 4096 bytes beyond what it holds),
+//!   so a hop carrying 100 MB/s made ~25k `recv` calls a second per connection. Every connection
+//!   here reads through a 64 KiB buffer instead: one system call per 64 KiB, and rustls takes its
+//!   4 KiB steps from memory.
 
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-/// The incoming connections of an already-bound listener, with `TCP_NODELAY` set on each.
-///
-/// tonic ignores `Server::tcp_nodelay` when given its own incoming stream, and without it Nagle's
-/// algorithm and the peer's delayed ACK hold the tail of a write for ~40 ms: that was the p99 of
-/// every hop (BENCHMARKS.md §4).
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+use futures::{Stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Bytes read from the socket at a time.
+pub const READ_BUFFER: usize = 64 * 1024;
+
+/// A TCP connection read through a [`READ_BUFFER`]-sized buffer (writes go straight through).
+pub struct BufferedStream(BufReader<TcpStream>);
+
+impl BufferedStream {
+    pub fn new(stream: TcpStream) -> Self {
+        Self(BufReader::with_capacity(READ_BUFFER, stream))
+    }
+}
+
+impl AsyncRead for BufferedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BufferedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Connected for BufferedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.get_ref().connect_info()
+    }
+}
+
+/// The incoming connections of an already-bound listener: `TCP_NODELAY` set, reads buffered.
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<BufferedStream>> + Send + 'static {
+    TcpIncoming::from(listener).with_nodelay(Some(true)).map(|accepted| accepted.map(BufferedStream::new))
+}
+
+/// Connects `endpoint` over a buffered, `TCP_NODELAY` connection. TLS, timeouts and keepalives
+/// configured on the endpoint apply as with [`Endpoint::connect`].
+pub async fn connect(endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
+    endpoint.connect_with_connector(tower::service_fn(dial)).await
+}
+
+async fn dial(uri: Uri) -> io::Result<TokioIo<BufferedStream>> {
+    let host = uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
+    // An IPv6 literal comes bracketed in a URI.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(TokioIo::new(BufferedStream::new(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn buffered_connections_carry_bytes_both_ways_with_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Box::pin(incoming(listener));
+        let client = tokio::spawn(async move {
+            let TokioIo { .. } = dial(format!("http://{addr}").parse().unwrap()).await.unwrap();
+            let mut raw = TcpStream::connect(addr).await.unwrap();
+            let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+            raw.write_all(&payload).await.unwrap();
+            raw.shutdown().await.unwrap();
+            payload
+        });
+        // The first accepted connection is the dialled one; it carries nothing.
+        let first = accepted.next().await.unwrap().unwrap();
+        assert!(first.0.get_ref().nodelay().unwrap());
+        let mut second = accepted.next().await.unwrap().unwrap();
+        assert!(second.0.get_ref().nodelay().unwrap());
+        assert_eq!(second.connect_info().local_addr(), Some(addr));
+        let mut got = Vec::new();
+        second.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, client.await.unwrap());
+    }
 }

@@ -307,8 +307,9 @@ impl Pipeline {
                     builder = builder.tls_config(tls)?;
                 }
                 let service = IngressServer::new(sink).max_decoding_message_size(10 * 1024 * 1024);
-                // With an incoming stream tonic ignores `tcp_nodelay`: set it on accepted sockets.
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                // The components' own accept path (nodelay, buffered reads), so the baseline is the
+                // same transport with nothing behind it.
+                let incoming = plumbing::grpc::incoming(listener);
                 let serve = builder.add_service(service).serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.await;
                 });

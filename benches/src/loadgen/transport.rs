@@ -13,12 +13,11 @@ pub async fn connect(addr: &str, tls: Option<&ClientTls>) -> anyhow::Result<Chan
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .with_context(|| format!("invalid address {addr}"))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(20));
     if let Some(tls) = tls {
         let config = tls.files.client_config(&tls.server_name).context("client TLS")?;
         endpoint = endpoint.tls_config(config).context("client TLS")?;
     }
-    endpoint.connect().await.with_context(|| format!("cannot connect to {addr}"))
+    plumbing::grpc::connect(&endpoint).await.with_context(|| format!("cannot connect to {addr}"))
 }

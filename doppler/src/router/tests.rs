@@ -186,3 +186,48 @@ fn a_full_subscriber_drops_its_oldest_and_counts_it() {
     assert_eq!(dropped.get(), 3);
     assert_eq!(sub.diode.len(), 2);
 }
+
+/// `route_batch` (the ingress path) delivers exactly what `route` does, in order, including to
+/// deterministic shard groups and subscriptions that asked for the same envelope twice.
+#[test]
+fn batched_routing_delivers_what_single_routing_does() {
+    let build = || {
+        let router = Router::new();
+        let subs: Vec<Arc<Subscriber>> = (0..5).map(|_| subscriber()).collect();
+        router.subscribe(spec("", "", vec![log_sel("app")], &subs[0]));
+        router.subscribe(spec("", "", vec![log_sel(""), log_sel("app")], &subs[1]));
+        let counters = vec![sel("", selector::Message::Counter(v2::CounterSelector::default()))];
+        router.subscribe(spec("shard", "a", counters.clone(), &subs[2]));
+        router.subscribe(spec("shard", "b", counters.clone(), &subs[3]));
+        router.subscribe(spec(
+            "",
+            "",
+            vec![sel("g", selector::Message::Gauge(v2::GaugeSelector::default()))],
+            &subs[4],
+        ));
+        (router, subs)
+    };
+    let batch: Vec<RawEnvelope> = (0..60)
+        .map(|i| match i % 4 {
+            0 => log("app"),
+            1 => log(&format!("other-{i}")),
+            2 => counter("app", &format!("c{}", i % 7)),
+            _ => gauge(&["cpu", "mem"]),
+        })
+        .collect();
+    let (single, single_subs) = build();
+    for envelope in &batch {
+        single.table().route(envelope);
+    }
+    let (batched, batched_subs) = build();
+    let mut staging = Staging::default();
+    batched.table().route_batch(&batch[..30], &mut staging);
+    batched.table().route_batch(&batch[30..], &mut staging);
+    for (a, b) in single_subs.iter().zip(&batched_subs) {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        a.diode.pop_batch(&mut x, usize::MAX);
+        b.diode.pop_batch(&mut y, usize::MAX);
+        assert!(!x.is_empty());
+        assert_eq!(x, y);
+    }
+}

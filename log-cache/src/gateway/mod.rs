@@ -20,7 +20,7 @@ use axum::Router;
 use loggregator_proto::logcache::v1::{MetaRequest, MetaResponse};
 use tonic::Code;
 
-use crate::auth::{Authorizer, Caller};
+use crate::auth::{Authorizer, Caller, QueryRejection};
 use crate::query::Querier;
 use crate::service::{ApiError, Service};
 
@@ -143,13 +143,16 @@ fn bad_data(message: impl Into<String>) -> Rejection {
     Rejection::Prometheus { status: StatusCode::BAD_REQUEST, error_type: "bad_data", message: message.into() }
 }
 
+fn authorization_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
 /// The verified caller, `Ok(None)` when auth is off.
-fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Option<Caller>, Rejection> {
+async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Option<Caller>, Rejection> {
     let Some(authorizer) = &state.authorizer else {
         return Ok(None);
     };
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match authorizer.authenticate(authorization) {
+    match authorizer.authenticate(authorization_header(headers)).await {
         Ok(caller) => Ok(Some(caller)),
         Err(_) => Err(Rejection::NotFound),
     }
@@ -163,7 +166,7 @@ async fn read(
     RawQuery(raw_query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let caller = match authenticate(&state, &headers) {
+    let caller = match authenticate(&state, &headers).await {
         Ok(caller) => caller,
         Err(denied) => return denied.into_response(),
     };
@@ -184,7 +187,7 @@ async fn read(
 }
 
 async fn meta(State(state): State<HttpState>, RawQuery(raw_query): RawQuery, headers: HeaderMap) -> Response {
-    let caller = match authenticate(&state, &headers) {
+    let caller = match authenticate(&state, &headers).await {
         Ok(caller) => caller,
         Err(denied) => return denied.into_response(),
     };
@@ -238,25 +241,17 @@ fn param(pairs: &[(String, String)], name: &str) -> String {
     pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
 }
 
-/// §6.8: the query must name source ids, and a non-admin must be allowed every one of them.
-async fn authorize_query(state: &HttpState, headers: &HeaderMap, query: &str) -> Result<(), Rejection> {
-    let caller = authenticate(state, headers)?;
-    let (Some(authorizer), Some(caller)) = (&state.authorizer, caller) else {
-        return Ok(());
+/// §6.8: the query to evaluate, with its source ids expanded from app names and cut down to what the
+/// caller may read; the query itself when auth is off.
+async fn authorize_query(state: &HttpState, headers: &HeaderMap, query: String) -> Result<String, Rejection> {
+    let Some(authorizer) = &state.authorizer else {
+        return Ok(query);
     };
-    let ids = match crate::auth::query_source_ids(query) {
-        Ok(ids) => ids,
-        Err(message) => return Err(bad_data(message)),
-    };
-    if ids.is_empty() {
-        return Err(bad_data("query does not request any source_ids"));
+    match authorizer.authorize_query(authorization_header(headers), &query).await {
+        Ok(query) => Ok(query),
+        Err(QueryRejection::BadQuery(error)) => Err(bad_data(error.to_string())),
+        Err(QueryRejection::Denied(_)) => Err(Rejection::NotFound),
     }
-    for id in &ids {
-        if !authorizer.may_read(&caller, id).await {
-            return Err(Rejection::NotFound);
-        }
-    }
-    Ok(())
 }
 
 async fn query(
@@ -270,10 +265,10 @@ async fn query(
         Ok(pairs) => pairs,
         Err(rejection) => return rejection.into_response(),
     };
-    let query = param(&pairs, "query");
-    if let Err(rejection) = authorize_query(&state, &headers, &query).await {
-        return rejection.into_response();
-    }
+    let query = match authorize_query(&state, &headers, param(&pairs, "query")).await {
+        Ok(query) => query,
+        Err(rejection) => return rejection.into_response(),
+    };
     match state.querier.instant(query, param(&pairs, "time")).await {
         Ok(result) => json_response(StatusCode::OK, crate::promql::instant_result_to_json(&result)),
         Err(error) => query_error_response(error),
@@ -291,10 +286,10 @@ async fn query_range(
         Ok(pairs) => pairs,
         Err(rejection) => return rejection.into_response(),
     };
-    let query = param(&pairs, "query");
-    if let Err(rejection) = authorize_query(&state, &headers, &query).await {
-        return rejection.into_response();
-    }
+    let query = match authorize_query(&state, &headers, param(&pairs, "query")).await {
+        Ok(query) => query,
+        Err(rejection) => return rejection.into_response(),
+    };
     let (start, end, step) = (param(&pairs, "start"), param(&pairs, "end"), param(&pairs, "step"));
     match state.querier.range(query, start, end, step).await {
         Ok(result) => json_response(StatusCode::OK, crate::promql::range_result_to_json(&result)),
