@@ -284,6 +284,7 @@ impl Connection {
             .connect_timeout(Duration::from_secs(1))
             // Go clients ping every 15 s; a Doppler must tolerate it (§2.7) and we do the same.
             .http2_keep_alive_interval(Duration::from_secs(15))
+            .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
             .keep_alive_timeout(Duration::from_secs(20));
         if let Some(tls) = &self.settings.tls {
             endpoint = endpoint.tls_config(tls.clone())?;

@@ -204,7 +204,8 @@ impl Agent {
 
         let service = IngressServer::new(ingress::IngressService::new(Arc::clone(&intake)))
             .max_decoding_message_size(config.max_message_bytes);
-        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        let mut builder =
+            tonic::transport::Server::builder().tcp_nodelay(true).max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }

@@ -65,7 +65,7 @@ impl Shaper {
 
     /// Returns the envelope as it should leave the agent.
     pub fn shape(&self, envelope: RawEnvelope) -> Result<Bytes, ShapeError> {
-        if envelope.source_id().is_empty() || envelope.meta.has_deprecated_tags || self.default_tags.len() > 64 {
+        if envelope.source_id_bytes().is_empty() || envelope.meta.has_deprecated_tags || self.default_tags.len() > 64 {
             return self.shape_decoded(&envelope.bytes);
         }
         if envelope.meta.kind == Some(EnvelopeKind::Counter) {
@@ -108,7 +108,7 @@ impl Shaper {
                 tags.push((k.as_bytes(), v.as_bytes()));
             }
         }
-        let key = counter_key(&self.key_hasher, &bytes[counter.name.clone()], envelope.source_id().as_bytes(), tags);
+        let key = counter_key(&self.key_hasher, &bytes[counter.name.clone()], envelope.source_id_bytes(), tags);
         let new_total = self.aggregate(key, counter.delta, counter.total);
         if new_total.is_none() && missing == 0 {
             return Ok(envelope.bytes);

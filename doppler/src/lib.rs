@@ -135,6 +135,7 @@ impl Doppler {
         .max_encoding_message_size(max_message);
 
         let mut builder = tonic::transport::Server::builder()
+            .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
             .tcp_nodelay(true)
             .max_concurrent_streams(self.config.max_streams_per_connection);
         if let Some(tls) = self.tls {

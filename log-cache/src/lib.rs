@@ -257,7 +257,8 @@ impl GrpcParts {
         let promql = PromQlQuerierServer::new(query::PromQlGrpc { querier: Arc::clone(&self.querier) })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        let mut builder =
+            tonic::transport::Server::builder().tcp_nodelay(true).max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);
         if let Some(tls) = &self.config.tls {
             // Validated in bind; if a file changed since, refuse to serve rather than serve plaintext.
             builder = builder.tls_config(tls.server_config()?)?;

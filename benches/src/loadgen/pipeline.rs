@@ -302,7 +302,9 @@ impl Pipeline {
             Component::start("null", "null", settings.pipeline_threads, Registry::new(), |stop| async move {
                 let listener = tokio::net::TcpListener::bind(loopback()).await?;
                 let addr = listener.local_addr()?;
-                let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+                let mut builder = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);
                 if let Some(tls) = server_tls {
                     builder = builder.tls_config(tls)?;
                 }

@@ -105,7 +105,9 @@ impl Connection {
                         let (mut n, mut foreign) = (0u64, 0u64);
                         for envelope in batch.scan() {
                             match envelope {
-                                Ok(envelope) if !envelope.source_id().starts_with(&self.source_prefix) => {
+                                Ok(envelope)
+                                    if !envelope.source_id_bytes().starts_with(self.source_prefix.as_bytes()) =>
+                                {
                                     foreign += 1;
                                 }
                                 Ok(envelope) => {
