@@ -3,8 +3,9 @@
 //! One nozzle per configured address, shard id `log-cache` (so several log-cache nodes split the
 //! firehose instead of each getting a copy, §2.5), selectors for all five envelope types with an
 //! empty source id, `use_preferred_tags = true` (§6.10). Batches arrive as raw bytes and are scanned,
-//! never decoded, on their way into the store. A failed or ended stream is reopened with a backoff
-//! that doubles from 50 ms up to `max_backoff` and resets once a batch has been received.
+//! never decoded, on their way into the store, which takes each batch whole (`Store::insert_batch`).
+//! A failed or ended stream is reopened with a backoff that doubles from 50 ms up to `max_backoff`
+//! and resets once a batch has been received.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,14 +117,14 @@ impl Nozzle {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
             .map_err(|e| NozzleError::Address(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(15))
+            .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
             .keep_alive_timeout(Duration::from_secs(20));
         if let Some(tls) = &self.config.tls {
             endpoint = endpoint.tls_config(tls.client_config(&self.config.server_name)?)?;
         }
         let channel = tokio::select! {
-            channel = endpoint.connect() => channel?,
+            channel = plumbing::grpc::connect(&endpoint) => channel?,
             _ = token.cancelled() => return Ok(()),
         };
         let mut client = EgressClient::new(channel).max_decoding_message_size(self.max_message_bytes);
@@ -134,6 +135,8 @@ impl Nozzle {
         };
         self.metrics.connects.inc();
         tracing::info!(addr = %self.addr, "nozzle subscribed");
+        // The scanned envelopes of one batch; reused so that a batch allocates only the stored copies.
+        let mut scanned = Vec::new();
         loop {
             let message = tokio::select! {
                 message = stream.message() => message?,
@@ -143,7 +146,7 @@ impl Nozzle {
                 return Ok(());
             };
             *received_any = true;
-            let count = self.service.ingest_batch(batch.scan()).await;
+            let count = self.service.ingest_batch(batch.scan(), &mut scanned).await;
             self.metrics.received.add(count as u64);
         }
     }

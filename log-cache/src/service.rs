@@ -49,6 +49,15 @@ impl ApiError {
     }
 }
 
+/// The envelopes of a read ([`Service::read_encoded`]).
+#[derive(Debug)]
+pub enum EncodedRead {
+    /// Read from this node's store, still encoded.
+    Local(Vec<Bytes>),
+    /// The owner node's answer, decoded by the gRPC client.
+    Remote(ReadResponse),
+}
+
 /// Counters of the routing layer.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceMetrics {
@@ -104,20 +113,30 @@ impl Service {
     /// §6.2: validated here, answered locally or by the owner node. A remote owner answering
     /// UNAVAILABLE yields an empty batch.
     pub async fn read(&self, request: ReadRequest) -> Result<ReadResponse, ApiError> {
+        Ok(match self.read_encoded(request).await? {
+            EncodedRead::Local(envelopes) => {
+                ReadResponse { envelopes: Some(EnvelopeBatch { batch: decode_all(&envelopes) }) }
+            }
+            EncodedRead::Remote(response) => response,
+        })
+    }
+
+    /// [`Service::read`] without decoding what this node stores: the HTTP gateway writes JSON
+    /// straight from the encoded envelopes.
+    pub async fn read_encoded(&self, request: ReadRequest) -> Result<EncodedRead, ApiError> {
         let filter = ReadFilter::from_request(&request, now_nanos())?;
         if let Some(peer) = self.cluster.remote_owner(&request.source_id) {
             let mut client = peer.egress.clone();
             return match client.read(request).await {
-                Ok(response) => Ok(response.into_inner()),
+                Ok(response) => Ok(EncodedRead::Remote(response.into_inner())),
                 Err(status) if status.code() == Code::Unavailable => {
                     tracing::debug!(peer = %peer.addr, error = %status, "owner unavailable; empty read");
-                    Ok(ReadResponse { envelopes: Some(EnvelopeBatch::default()) })
+                    Ok(EncodedRead::Remote(ReadResponse { envelopes: Some(EnvelopeBatch::default()) }))
                 }
                 Err(status) => Err(ApiError::Remote(status)),
             };
         }
-        let envelopes = self.read_local_encoded(&request.source_id, &filter);
-        Ok(ReadResponse { envelopes: Some(EnvelopeBatch { batch: decode_all(&envelopes) }) })
+        Ok(EncodedRead::Local(self.read_local_encoded(&request.source_id, &filter)))
     }
 
     /// A local read, still encoded.
@@ -181,33 +200,19 @@ impl Service {
         Ok(())
     }
 
-    /// Stores scanned envelopes (nozzle, syslog), forwarding those another node owns.
+    /// Stores scanned envelopes as one batch ([`Store::insert_batch`]), forwarding those another
+    /// node owns.
     pub async fn ingest_raw(&self, envelopes: impl IntoIterator<Item = RawEnvelope>) {
-        if self.cluster.len() <= 1 {
-            for envelope in envelopes {
-                self.store.insert(&envelope);
-            }
-            return;
-        }
-        let mut remote: HashMap<usize, Vec<Envelope>> = HashMap::new();
-        for envelope in envelopes {
-            let owner = self.cluster.owner(envelope.source_id());
-            if self.cluster.peer(owner).is_none() {
-                self.store.insert(&envelope);
-                continue;
-            }
-            match Envelope::decode(&envelope.bytes[..]) {
-                Ok(decoded) => remote.entry(owner).or_default().push(decoded),
-                Err(_) => self.store.stats().dropped.inc(),
-            }
-        }
-        self.forward(remote).await;
+        let mut scanned: Vec<RawEnvelope> = envelopes.into_iter().collect();
+        self.ingest_scanned(&mut scanned).await;
     }
 
     /// Stores a scanned batch's envelopes (nozzle), forwarding those another node owns. Answers how
     /// many envelopes the batch held (a malformed one ends the batch and counts as dropped).
-    pub async fn ingest_batch(&self, batch: loggregator_proto::BatchScanner) -> usize {
-        let mut scanned = Vec::new();
+    /// `scanned` is the caller's buffer, reused from batch to batch so that a batch allocates
+    /// nothing but the stored copies; it is left empty.
+    pub async fn ingest_batch(&self, batch: loggregator_proto::BatchScanner, scanned: &mut Vec<RawEnvelope>) -> usize {
+        scanned.clear();
         for envelope in batch {
             match envelope {
                 Ok(envelope) => scanned.push(envelope),
@@ -215,8 +220,35 @@ impl Service {
             }
         }
         let count = scanned.len();
-        self.ingest_raw(scanned).await;
+        self.ingest_scanned(scanned).await;
         count
+    }
+
+    /// Stores the envelopes this node owns as one batch and forwards the others; leaves `scanned`
+    /// empty (its envelopes hold the receive buffer).
+    async fn ingest_scanned(&self, scanned: &mut Vec<RawEnvelope>) {
+        if self.cluster.len() <= 1 {
+            self.store.insert_batch(scanned);
+            scanned.clear();
+            return;
+        }
+        let mut remote: HashMap<usize, Vec<Envelope>> = HashMap::new();
+        let mut dropped = 0;
+        scanned.retain(|envelope| {
+            let owner = self.cluster.owner(envelope.source_id());
+            if self.cluster.peer(owner).is_none() {
+                return true;
+            }
+            match Envelope::decode(&envelope.bytes[..]) {
+                Ok(decoded) => remote.entry(owner).or_default().push(decoded),
+                Err(_) => dropped += 1,
+            }
+            false
+        });
+        self.store.stats().dropped.add(dropped);
+        self.store.insert_batch(scanned);
+        scanned.clear();
+        self.forward(remote).await;
     }
 
     /// Stores one decoded envelope: encoded once, into its own allocation.

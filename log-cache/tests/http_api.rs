@@ -24,6 +24,49 @@ async fn http_read_returns_what_grpc_send_stored_as_golden_json() {
     cache.stop().await;
 }
 
+/// The gateway writes JSON straight from the stored encodings; gRPC `Read` decodes them. Both must
+/// say the same, byte for byte (map keys are written in byte order by both writers).
+#[tokio::test]
+async fn http_read_is_the_json_of_what_grpc_read_returns_for_every_type() {
+    use loggregator_proto::v2::{envelope::Message, Counter, Event, Timer, Value};
+    let cache = start(test_config()).await;
+    let mut log = log_envelope("mixed", 1, "a \"quoted\"\nline");
+    log.tags.extend((0..8).map(|i| (format!("tag-{}", 7 - i), format!("value-{i}"))));
+    log.deprecated_tags.insert("origin".into(), Value { data: Some(loggregator_proto::v2::value::Data::Integer(-3)) });
+    let mut gauge = gauge_envelope("mixed", 2, "memory", 1.5e9);
+    if let Some(Message::Gauge(g)) = &mut gauge.message {
+        g.metrics.insert("cpu".into(), loggregator_proto::v2::GaugeValue { unit: "percentage".into(), value: 0.25 });
+        g.metrics.insert("disk".into(), loggregator_proto::v2::GaugeValue { unit: "bytes".into(), value: f64::NAN });
+    }
+    let with = |ts: i64, message: Message| loggregator_proto::v2::Envelope {
+        timestamp: ts,
+        message: Some(message),
+        ..log_envelope("mixed", ts, "")
+    };
+    cache
+        .send(vec![
+            log,
+            gauge,
+            with(3, Message::Counter(Counter { name: "requests".into(), delta: 2, total: u64::MAX })),
+            with(4, Message::Timer(Timer { name: "http".into(), start: -1, stop: 9 })),
+            with(5, Message::Event(Event { title: "t".into(), body: "é✓".into() })),
+        ])
+        .await;
+
+    let (status, _, body) = get(&cache.http_url("/api/v1/read/mixed?start_time=0"), &[]).await;
+    assert_eq!(status, 200);
+    let grpc = cache
+        .egress()
+        .await
+        .read(ReadRequest { source_id: "mixed".into(), start_time: 0, ..Default::default() })
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(grpc.envelopes.as_ref().map(|b| b.batch.len()), Some(5));
+    assert_eq!(body, format!("{}\n", loggregator_proto::json::read_response_to_json(&grpc)));
+    cache.stop().await;
+}
+
 #[tokio::test]
 async fn empty_read_is_an_empty_batch() {
     let cache = start(test_config()).await;

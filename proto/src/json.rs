@@ -7,7 +7,12 @@
 //! numbers (`"NaN"`, `"Infinity"`, `"-Infinity"` as strings), bytes are padded standard base64,
 //! enums are names, and no other key is ever written. Encoders append to a `Vec<u8>` without
 //! building a JSON tree, since the RLP gateway encodes every batch it streams. Map entries are
-//! written in `HashMap` order (JSON object order is not significant).
+//! written in byte order of their keys, as Go's protojson writes them (JSON object order is not
+//! significant, but a deterministic order lets both writers below produce identical bytes).
+//!
+//! Two writers produce an envelope's JSON: [`write_envelope_json`] from a decoded `v2::Envelope`, and
+//! [`EncodedEnvelopeJson`] straight from its protobuf encoding (Log Cache keeps envelopes encoded):
+//! the same bytes for the same envelope, without a `String` per field or a `HashMap` per map.
 //!
 //! Decoding accepts what `protojson.Unmarshal` accepts: 64-bit integers as strings or numbers, enums
 //! as names or numbers, base64 with either alphabet and optional padding, `null` for "not set", and
@@ -18,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -27,9 +33,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value as Json};
 
 use crate::logcache::v1::{MetaInfo, MetaResponse, ReadResponse};
+use crate::scan::ScanError;
 use crate::v2;
 use crate::v2::envelope::Message;
 use crate::v2::value::Data;
+use crate::wire::{self, WireType};
 
 /// Why a JSON body could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -212,9 +220,12 @@ pub fn meta_response_to_json_default_options(response: &MetaResponse) -> String 
 
 // === Encoding: scalars ===
 
+/// Writes a map with its keys in byte order (as Go's protojson, and as [`EncodedEnvelopeJson`]).
 fn write_map<V>(out: &mut Vec<u8>, map: &HashMap<String, V>, mut write_value: impl FnMut(&mut Vec<u8>, &V)) {
+    let mut entries: Vec<(&String, &V)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     out.push(b'{');
-    for (position, (key, value)) in map.iter().enumerate() {
+    for (position, (key, value)) in entries.into_iter().enumerate() {
         if position > 0 {
             out.push(b',');
         }
@@ -297,9 +308,13 @@ fn write_base64(out: &mut Vec<u8>, data: &[u8]) {
 /// Writes a JSON string, escaping exactly what Go's protojson escapes: `"`, `\` and control
 /// characters (`\b \f \n \r \t` by name, others as `\u00XX` in lowercase hex).
 fn write_string(out: &mut Vec<u8>, text: &str) {
+    write_utf8(out, text.as_bytes());
+}
+
+/// [`write_string`] of bytes already checked to be UTF-8.
+fn write_utf8(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    let bytes = text.as_bytes();
     let mut unescaped_from = 0;
     for (position, &byte) in bytes.iter().enumerate() {
         let named_escape: Option<&[u8]> = match byte {
@@ -344,6 +359,485 @@ fn write_fmt(out: &mut Vec<u8>, args: fmt::Arguments<'_>) {
 /// The encoders only ever append `&str` contents and ASCII, so the buffer is always UTF-8.
 fn into_string(out: Vec<u8>) -> String {
     String::from_utf8(out).unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
+}
+
+// === Encoding straight from the wire format ===
+//
+// One pass over the encoded envelope checks everything prost checks when decoding it (wire types of
+// known fields, UTF-8 of every string, lengths, groups and prost's recursion limit) and records
+// where the values that decoding would keep are; a second step writes them. Decoding rules
+// reproduced: the last occurrence of a scalar field wins; map entries with the same key replace
+// each other (last wins), a missing key or value is the default, and several value fields of one
+// entry merge; repeated occurrences of the same `message` oneof member merge, another member
+// replaces it; unknown fields are skipped.
+
+/// prost's recursion limit (`prost::RECURSION_LIMIT`): unknown groups nest at most this deep, less
+/// the depth of the message holding them.
+const RECURSION_LIMIT: u32 = 100;
+
+/// Writes envelopes' protojson straight from their protobuf encoding: byte for byte what
+/// [`write_envelope_json`] writes for the decoded envelope. Holds the scratch space of map entries,
+/// so that one writer reused over many envelopes allocates nothing once warm.
+#[derive(Debug, Default)]
+pub struct EncodedEnvelopeJson {
+    deprecated_tags: Vec<MapEntry<ValueData>>,
+    tags: Vec<MapEntry<Range<usize>>>,
+    metrics: Vec<MapEntry<GaugeValueData>>,
+}
+
+/// The body of the Log Cache gateway's `GET /api/v1/read` (§6.7), without the trailing newline,
+/// from stored encoded envelopes: what [`read_response_to_json`] writes for a response holding them
+/// decoded. An envelope that does not decode is left out, as decoding them first would leave it out.
+pub fn write_read_response_json_from_encoded<B: AsRef<[u8]>>(out: &mut Vec<u8>, envelopes: &[B]) {
+    let mut writer = EncodedEnvelopeJson::default();
+    out.extend_from_slice(b"{\"envelopes\":{\"batch\":[");
+    let mut written = 0;
+    for encoded in envelopes {
+        let before = out.len();
+        if written > 0 {
+            out.push(b',');
+        }
+        match writer.write(out, encoded.as_ref()) {
+            Ok(()) => written += 1,
+            Err(_) => out.truncate(before),
+        }
+    }
+    out.extend_from_slice(b"]}}");
+}
+
+/// Appends the protojson form of the envelope encoded in `encoded` to `out`; see
+/// [`EncodedEnvelopeJson::write`]. Reuse an [`EncodedEnvelopeJson`] to write many.
+pub fn write_envelope_json_from_encoded(out: &mut Vec<u8>, encoded: &[u8]) -> Result<(), ScanError> {
+    EncodedEnvelopeJson::default().write(out, encoded)
+}
+
+impl EncodedEnvelopeJson {
+    /// Appends the protojson form of the envelope encoded in `encoded` to `out`: exactly what
+    /// [`write_envelope_json`] appends for `v2::Envelope::decode(encoded)`. Fails exactly when that
+    /// decode fails (the error says why), and then leaves `out` as it was.
+    pub fn write(&mut self, out: &mut Vec<u8>, encoded: &[u8]) -> Result<(), ScanError> {
+        let envelope = self.scan(encoded)?;
+        self.write_scanned(out, encoded, &envelope);
+        Ok(())
+    }
+
+    /// Pass one: checks the whole envelope and records what decoding would keep.
+    fn scan(&mut self, buf: &[u8]) -> Result<ScannedEnvelope, ScanError> {
+        self.deprecated_tags.clear();
+        self.tags.clear();
+        self.metrics.clear();
+        let mut envelope = ScannedEnvelope::default();
+        let depth = RECURSION_LIMIT;
+        let mut fields = Fields::of(buf, 0..buf.len());
+        while let Some((field, wire_type)) = fields.next_key()? {
+            match field {
+                1 => envelope.timestamp = fields.varint(wire_type)? as i64,
+                2 => envelope.source_id = fields.string(wire_type)?,
+                8 => envelope.instance_id = fields.string(wire_type)?,
+                3 => {
+                    let entry = fields.message(wire_type)?;
+                    self.deprecated_tags.push(scan_value_entry(buf, entry, depth - 1)?);
+                }
+                9 => {
+                    let entry = fields.message(wire_type)?;
+                    self.tags.push(scan_tag_entry(buf, entry, depth - 1)?);
+                }
+                4..=7 | 10 => {
+                    let body = fields.message(wire_type)?;
+                    let current = envelope.message.as_ref().map(Member::field);
+                    if current != Some(field) {
+                        envelope.message = Some(Member::empty(field));
+                        self.metrics.clear();
+                    }
+                    if let Some(member) = &mut envelope.message {
+                        member.merge(buf, body, depth - 1, &mut self.metrics)?;
+                    }
+                }
+                _ => fields.skip(field, wire_type, depth)?,
+            }
+        }
+        Ok(envelope)
+    }
+
+    /// Pass two: writes what pass one recorded, in [`write_envelope_json`]'s order.
+    fn write_scanned(&mut self, out: &mut Vec<u8>, buf: &[u8], envelope: &ScannedEnvelope) {
+        out.extend_from_slice(b"{\"timestamp\":");
+        write_int64(out, envelope.timestamp);
+        out.extend_from_slice(b",\"source_id\":");
+        write_utf8(out, slice(buf, &envelope.source_id));
+        out.extend_from_slice(b",\"instance_id\":");
+        write_utf8(out, slice(buf, &envelope.instance_id));
+        out.extend_from_slice(b",\"deprecated_tags\":");
+        write_map_entries(out, buf, &mut self.deprecated_tags, |out, value| write_value_data(out, buf, value));
+        out.extend_from_slice(b",\"tags\":");
+        write_map_entries(out, buf, &mut self.tags, |out, value| write_utf8(out, slice(buf, value)));
+        match &envelope.message {
+            Some(Member::Log { payload, log_type }) => {
+                out.extend_from_slice(b",\"log\":{\"payload\":");
+                write_base64(out, slice(buf, payload));
+                out.extend_from_slice(b",\"type\":");
+                write_log_type(out, *log_type);
+                out.push(b'}');
+            }
+            Some(Member::Counter { name, delta, total }) => {
+                out.extend_from_slice(b",\"counter\":{\"name\":");
+                write_utf8(out, slice(buf, name));
+                out.extend_from_slice(b",\"delta\":");
+                write_uint64(out, *delta);
+                out.extend_from_slice(b",\"total\":");
+                write_uint64(out, *total);
+                out.push(b'}');
+            }
+            Some(Member::Gauge) => {
+                out.extend_from_slice(b",\"gauge\":{\"metrics\":");
+                write_map_entries(out, buf, &mut self.metrics, |out, metric| {
+                    out.extend_from_slice(b"{\"unit\":");
+                    write_utf8(out, slice(buf, &metric.unit));
+                    out.extend_from_slice(b",\"value\":");
+                    write_double(out, metric.value);
+                    out.push(b'}');
+                });
+                out.push(b'}');
+            }
+            Some(Member::Timer { name, start, stop }) => {
+                out.extend_from_slice(b",\"timer\":{\"name\":");
+                write_utf8(out, slice(buf, name));
+                out.extend_from_slice(b",\"start\":");
+                write_int64(out, *start);
+                out.extend_from_slice(b",\"stop\":");
+                write_int64(out, *stop);
+                out.push(b'}');
+            }
+            Some(Member::Event { title, body }) => {
+                out.extend_from_slice(b",\"event\":{\"title\":");
+                write_utf8(out, slice(buf, title));
+                out.extend_from_slice(b",\"body\":");
+                write_utf8(out, slice(buf, body));
+                out.push(b'}');
+            }
+            None => {}
+        }
+        out.push(b'}');
+    }
+}
+
+/// What decoding an envelope keeps; strings are ranges of the encoded envelope, checked UTF-8.
+#[derive(Debug, Default)]
+struct ScannedEnvelope {
+    timestamp: i64,
+    source_id: Range<usize>,
+    instance_id: Range<usize>,
+    message: Option<Member>,
+}
+
+/// The `message` oneof member decoding keeps (a gauge's metrics are in the writer's scratch).
+#[derive(Debug)]
+enum Member {
+    Log { payload: Range<usize>, log_type: i32 },
+    Counter { name: Range<usize>, delta: u64, total: u64 },
+    Gauge,
+    Timer { name: Range<usize>, start: i64, stop: i64 },
+    Event { title: Range<usize>, body: Range<usize> },
+}
+
+impl Member {
+    /// The member of envelope field `field` (one of 4–7, 10), with default values.
+    fn empty(field: u32) -> Self {
+        match field {
+            4 => Member::Log { payload: 0..0, log_type: 0 },
+            5 => Member::Counter { name: 0..0, delta: 0, total: 0 },
+            6 => Member::Gauge,
+            7 => Member::Timer { name: 0..0, start: 0, stop: 0 },
+            _ => Member::Event { title: 0..0, body: 0..0 },
+        }
+    }
+
+    fn field(&self) -> u32 {
+        match self {
+            Member::Log { .. } => 4,
+            Member::Counter { .. } => 5,
+            Member::Gauge => 6,
+            Member::Timer { .. } => 7,
+            Member::Event { .. } => 10,
+        }
+    }
+
+    /// Merges one occurrence of the member (the message at `body` of `buf`), as prost merges a
+    /// repeated message field: each field present replaces the value kept so far; gauge metrics
+    /// are appended to `metrics`. `depth` is prost's remaining recursion budget inside the member.
+    fn merge(
+        &mut self,
+        buf: &[u8],
+        body: Range<usize>,
+        depth: u32,
+        metrics: &mut Vec<MapEntry<GaugeValueData>>,
+    ) -> Result<(), ScanError> {
+        let mut fields = Fields::of(buf, body);
+        while let Some((field, wire_type)) = fields.next_key()? {
+            match (&mut *self, field) {
+                (Member::Log { payload, .. }, 1) => *payload = fields.bytes(wire_type)?,
+                (Member::Log { log_type, .. }, 2) => *log_type = fields.varint(wire_type)? as i32,
+                (Member::Counter { name, .. }, 1) => *name = fields.string(wire_type)?,
+                (Member::Counter { delta, .. }, 2) => *delta = fields.varint(wire_type)?,
+                (Member::Counter { total, .. }, 3) => *total = fields.varint(wire_type)?,
+                (Member::Gauge, 1) => {
+                    let entry = fields.message(wire_type)?;
+                    metrics.push(scan_gauge_entry(buf, entry, depth - 1)?);
+                }
+                (Member::Timer { name, .. }, 1) => *name = fields.string(wire_type)?,
+                (Member::Timer { start, .. }, 2) => *start = fields.varint(wire_type)? as i64,
+                (Member::Timer { stop, .. }, 3) => *stop = fields.varint(wire_type)? as i64,
+                (Member::Event { title, .. }, 1) => *title = fields.string(wire_type)?,
+                (Member::Event { body, .. }, 2) => *body = fields.string(wire_type)?,
+                _ => fields.skip(field, wire_type, depth)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One map entry as decoding reads it: the last key (empty if none) and the merged value.
+#[derive(Debug)]
+struct MapEntry<V> {
+    key: Range<usize>,
+    /// The key's first 8 bytes, big-endian and zero-padded: orders most keys without comparing
+    /// slices (keys often share a prefix, `tag-1`, `tag-2`, … and `memcmp` is a call).
+    key_prefix: u64,
+    /// Where the entry starts: orders entries with equal keys by arrival.
+    at: usize,
+    value: V,
+}
+
+/// A `Value`'s oneof `data`.
+#[derive(Debug)]
+enum ValueData {
+    None,
+    Text(Range<usize>),
+    Integer(i64),
+    Decimal(f64),
+}
+
+#[derive(Debug)]
+struct GaugeValueData {
+    unit: Range<usize>,
+    value: f64,
+}
+
+/// A `deprecated_tags` entry (`map<string, Value>`) at `entry`; `depth` is the budget inside it.
+fn scan_value_entry(buf: &[u8], entry: Range<usize>, depth: u32) -> Result<MapEntry<ValueData>, ScanError> {
+    let mut scanned = MapEntry { key: 0..0, key_prefix: 0, at: entry.start, value: ValueData::None };
+    let mut fields = Fields::of(buf, entry);
+    while let Some((field, wire_type)) = fields.next_key()? {
+        match field {
+            1 => scanned.key = fields.string(wire_type)?,
+            2 => {
+                // Several value fields of one entry merge into one `Value`.
+                let mut value = Fields::of(buf, fields.message(wire_type)?);
+                while let Some((field, wire_type)) = value.next_key()? {
+                    match field {
+                        1 => scanned.value = ValueData::Text(value.string(wire_type)?),
+                        2 => scanned.value = ValueData::Integer(value.varint(wire_type)? as i64),
+                        3 => scanned.value = ValueData::Decimal(f64::from_bits(value.fixed64(wire_type)?)),
+                        _ => value.skip(field, wire_type, depth - 1)?,
+                    }
+                }
+            }
+            _ => fields.skip(field, wire_type, depth)?,
+        }
+    }
+    Ok(scanned)
+}
+
+/// A `tags` entry (`map<string, string>`) at `entry`.
+fn scan_tag_entry(buf: &[u8], entry: Range<usize>, depth: u32) -> Result<MapEntry<Range<usize>>, ScanError> {
+    let mut scanned = MapEntry { key: 0..0, key_prefix: 0, at: entry.start, value: 0..0 };
+    let mut fields = Fields::of(buf, entry);
+    while let Some((field, wire_type)) = fields.next_key()? {
+        match field {
+            1 => scanned.key = fields.string(wire_type)?,
+            2 => scanned.value = fields.string(wire_type)?,
+            _ => fields.skip(field, wire_type, depth)?,
+        }
+    }
+    Ok(scanned)
+}
+
+/// A `Gauge.metrics` entry (`map<string, GaugeValue>`) at `entry`.
+fn scan_gauge_entry(buf: &[u8], entry: Range<usize>, depth: u32) -> Result<MapEntry<GaugeValueData>, ScanError> {
+    let mut scanned =
+        MapEntry { key: 0..0, key_prefix: 0, at: entry.start, value: GaugeValueData { unit: 0..0, value: 0.0 } };
+    let mut fields = Fields::of(buf, entry);
+    while let Some((field, wire_type)) = fields.next_key()? {
+        match field {
+            1 => scanned.key = fields.string(wire_type)?,
+            2 => {
+                let mut value = Fields::of(buf, fields.message(wire_type)?);
+                while let Some((field, wire_type)) = value.next_key()? {
+                    match field {
+                        1 => scanned.value.unit = value.string(wire_type)?,
+                        2 => scanned.value.value = f64::from_bits(value.fixed64(wire_type)?),
+                        _ => value.skip(field, wire_type, depth - 1)?,
+                    }
+                }
+            }
+            _ => fields.skip(field, wire_type, depth)?,
+        }
+    }
+    Ok(scanned)
+}
+
+/// Writes map entries as [`write_map`] writes the decoded map: keys in byte order, and of entries
+/// with equal keys only the last to arrive (the one a decoded map keeps).
+fn write_map_entries<V>(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    entries: &mut [MapEntry<V>],
+    mut write_value: impl FnMut(&mut Vec<u8>, &V),
+) {
+    for entry in entries.iter_mut() {
+        entry.key_prefix = key_prefix(slice(buf, &entry.key));
+    }
+    // Byte order of the keys: the prefixes compare as the keys' first 8 bytes do, and equal
+    // prefixes fall back to the whole keys. `at` is distinct per entry: the unstable sort is
+    // deterministic and needs no buffer.
+    entries.sort_unstable_by(|a, b| {
+        a.key_prefix.cmp(&b.key_prefix).then_with(|| slice(buf, &a.key).cmp(slice(buf, &b.key))).then(a.at.cmp(&b.at))
+    });
+    out.push(b'{');
+    let mut written = 0;
+    for (position, entry) in entries.iter().enumerate() {
+        let key = slice(buf, &entry.key);
+        let same_key = |next: &MapEntry<V>| next.key_prefix == entry.key_prefix && slice(buf, &next.key) == key;
+        if entries.get(position + 1).is_some_and(same_key) {
+            continue; // replaced by a later entry with the same key
+        }
+        if written > 0 {
+            out.push(b',');
+        }
+        write_utf8(out, key);
+        out.push(b':');
+        write_value(out, &entry.value);
+        written += 1;
+    }
+    out.push(b'}');
+}
+
+/// The first 8 bytes of `key` as a big-endian integer, zero-padded: if two keys' prefixes differ,
+/// they order as the keys do (a shorter key's padding sorts before any byte but 0, and a tie falls
+/// back to comparing the keys).
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    let len = key.len().min(8);
+    first[..len].copy_from_slice(&key[..len]);
+    u64::from_be_bytes(first)
+}
+
+/// [`write_value`] of a scanned `Value`.
+fn write_value_data(out: &mut Vec<u8>, buf: &[u8], value: &ValueData) {
+    match value {
+        ValueData::Text(text) => {
+            out.extend_from_slice(b"{\"text\":");
+            write_utf8(out, slice(buf, text));
+        }
+        ValueData::Integer(integer) => {
+            out.extend_from_slice(b"{\"integer\":");
+            write_int64(out, *integer);
+        }
+        ValueData::Decimal(decimal) => {
+            out.extend_from_slice(b"{\"decimal\":");
+            write_double(out, *decimal);
+        }
+        ValueData::None => out.push(b'{'),
+    }
+    out.push(b'}');
+}
+
+/// `range` of `buf`; ranges come from [`wire::read_len`] on `buf`, so always in bounds.
+fn slice<'a>(buf: &'a [u8], range: &Range<usize>) -> &'a [u8] {
+    buf.get(range.clone()).unwrap_or_default()
+}
+
+/// The fields of one message of an encoded envelope, read with prost's checks. Positions are
+/// offsets in the whole envelope, so that ranges can be kept; `buf` ends where the message ends.
+struct Fields<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Fields<'a> {
+    /// The message at `range` of `envelope`.
+    fn of(envelope: &'a [u8], range: Range<usize>) -> Self {
+        Fields { buf: envelope.get(..range.end).unwrap_or_default(), pos: range.start }
+    }
+
+    fn next_key(&mut self) -> Result<Option<(u32, WireType)>, ScanError> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        wire::read_key(self.buf, &mut self.pos).map(Some)
+    }
+
+    fn varint(&mut self, wire_type: WireType) -> Result<u64, ScanError> {
+        expect_wire_type(wire_type, WireType::Varint)?;
+        wire::read_varint(self.buf, &mut self.pos)
+    }
+
+    fn fixed64(&mut self, wire_type: WireType) -> Result<u64, ScanError> {
+        expect_wire_type(wire_type, WireType::Fixed64)?;
+        let bytes = self.buf.get(self.pos..self.pos + 8).ok_or(ScanError::Truncated)?;
+        let mut le = [0u8; 8];
+        le.copy_from_slice(bytes);
+        self.pos += 8;
+        Ok(u64::from_le_bytes(le))
+    }
+
+    /// A `bytes` field, or a message to read with another [`Fields`].
+    fn bytes(&mut self, wire_type: WireType) -> Result<Range<usize>, ScanError> {
+        expect_wire_type(wire_type, WireType::Len)?;
+        wire::read_len(self.buf, &mut self.pos)
+    }
+
+    fn message(&mut self, wire_type: WireType) -> Result<Range<usize>, ScanError> {
+        self.bytes(wire_type)
+    }
+
+    /// A `string` field: its bytes, checked UTF-8 as prost checks them.
+    fn string(&mut self, wire_type: WireType) -> Result<Range<usize>, ScanError> {
+        let range = self.bytes(wire_type)?;
+        std::str::from_utf8(slice(self.buf, &range)).map_err(|_| ScanError::InvalidUtf8)?;
+        Ok(range)
+    }
+
+    /// Skips an unknown field as prost's `skip_field` does, with `depth` of its recursion budget
+    /// left: each nested group takes one (the wire helper's own limit does not count the depth of
+    /// the enclosing messages).
+    fn skip(&mut self, field: u32, wire_type: WireType, depth: u32) -> Result<(), ScanError> {
+        skip_unknown(self.buf, &mut self.pos, field, wire_type, depth)
+    }
+}
+
+fn skip_unknown(buf: &[u8], pos: &mut usize, field: u32, wire_type: WireType, depth: u32) -> Result<(), ScanError> {
+    if depth == 0 {
+        return Err(ScanError::TooDeep);
+    }
+    if wire_type != WireType::StartGroup {
+        return wire::skip_field(buf, pos, field, wire_type);
+    }
+    loop {
+        let (inner, inner_type) = wire::read_key(buf, pos)?;
+        if inner_type == WireType::EndGroup {
+            return if inner == field { Ok(()) } else { Err(ScanError::UnexpectedEndGroup) };
+        }
+        skip_unknown(buf, pos, inner, inner_type, depth - 1)?;
+    }
+}
+
+fn expect_wire_type(actual: WireType, expected: WireType) -> Result<(), ScanError> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(ScanError::WrongWireType)
+    }
 }
 
 // === Decoding: public API ===
@@ -696,6 +1190,7 @@ fn log_type(json: &Json) -> Result<i32, JsonError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use prost::Message as _;
 
     fn envelope(message: Option<Message>) -> v2::Envelope {
         v2::Envelope {
@@ -888,6 +1383,221 @@ mod tests {
         let all_zero = MetaResponse { meta: HashMap::from([("s".to_owned(), MetaInfo::default())]) };
         assert_eq!(meta_response_to_json_default_options(&all_zero), r#"{"meta":{"s":{}}}"#);
         assert_eq!(meta_response_to_json_default_options(&MetaResponse::default()), "{}");
+    }
+
+    // --- encoding straight from the wire format ---
+
+    /// What the decoding path writes for an encoded envelope; `None` when prost cannot decode it.
+    fn decode_then_write(encoded: &[u8]) -> Option<String> {
+        v2::Envelope::decode(encoded).ok().map(|env| envelope_to_json_string(&env))
+    }
+
+    /// What the wire-format writer appends after a prefix; `None` on error, having checked that the
+    /// prefix was left as it was.
+    fn write_from_encoded(encoded: &[u8]) -> Option<String> {
+        let mut out = b"[prefix]".to_vec();
+        match write_envelope_json_from_encoded(&mut out, encoded) {
+            Ok(()) => Some(into_string(out.split_off(8))),
+            Err(_) => {
+                assert_eq!(out, b"[prefix]", "a failed write leaves the buffer as it was");
+                None
+            }
+        }
+    }
+
+    fn field(number: u32, wire_type: prost::encoding::WireType, out: &mut Vec<u8>) {
+        prost::encoding::encode_key(number, wire_type, out);
+    }
+
+    /// `body` as length-delimited field `number`.
+    fn wrap(number: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        field(number, prost::encoding::WireType::LengthDelimited, &mut out);
+        prost::encoding::encode_varint(body.len() as u64, &mut out);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// `depth` unknown groups (field 15) nested in each other, closed properly.
+    fn nested_groups(depth: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..depth {
+            field(15, prost::encoding::WireType::StartGroup, &mut out);
+        }
+        for _ in 0..depth {
+            field(15, prost::encoding::WireType::EndGroup, &mut out);
+        }
+        out
+    }
+
+    fn golden_envelopes() -> Vec<v2::Envelope> {
+        let mut envelopes = vec![envelope(log(b"hello", 0)), v2::Envelope::default()];
+        envelopes.extend(
+            [
+                log(b"", 1),
+                log(&[0xfb, 0xff], 7),
+                Some(Message::Counter(v2::Counter { name: "requests".to_owned(), delta: 0, total: u64::MAX })),
+                Some(Message::Gauge(v2::Gauge::default())),
+                Some(Message::Timer(v2::Timer { name: "http".to_owned(), start: -1, stop: i64::MAX })),
+                Some(Message::Event(v2::Event { title: "t".to_owned(), body: String::new() })),
+                None,
+            ]
+            .into_iter()
+            .map(envelope),
+        );
+        let metrics = [0.5, -0.0, 1e21, 5e-324, f64::NAN, f64::INFINITY, f64::NEG_INFINITY]
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| (format!("m{i}"), v2::GaugeValue { unit: "u\n".to_owned(), value }))
+            .collect();
+        envelopes.push(envelope(Some(Message::Gauge(v2::Gauge { metrics }))));
+        let data = [
+            Some(Data::Text("a\"b".to_owned())),
+            Some(Data::Integer(i64::MIN)),
+            Some(Data::Decimal(2.5)),
+            Some(Data::Decimal(f64::NAN)),
+            None,
+        ];
+        envelopes.push(v2::Envelope {
+            deprecated_tags: data
+                .into_iter()
+                .enumerate()
+                .map(|(i, data)| (format!("d{i}"), v2::Value { data }))
+                .collect(),
+            ..Default::default()
+        });
+        envelopes.push(v2::Envelope {
+            source_id: "a\"b\\c\n\r\t\u{8}\u{c}\u{0}\u{1f}<&>é✓\u{7f}".to_owned(),
+            tags: HashMap::from([("b".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())]),
+            ..Default::default()
+        });
+        envelopes
+    }
+
+    #[test]
+    fn rlp_gateway_example_is_reproduced_byte_for_byte_from_the_encoding() {
+        let encoded = envelope(log(b"hello", 0)).encode_to_vec();
+        let mut out = Vec::new();
+        write_read_response_json_from_encoded(&mut out, &[encoded]);
+        assert_eq!(
+            into_string(out),
+            r#"{"envelopes":{"batch":[{"timestamp":"1700000000000000000","source_id":"6f1c3a52-97a4-4e3c-9d2b-1b2f5e8d7c10","instance_id":"0","deprecated_tags":{},"tags":{"source_type":"APP/PROC/WEB"},"log":{"payload":"aGVsbG8=","type":"OUT"}}]}}"#
+        );
+    }
+
+    #[test]
+    fn golden_envelopes_are_written_identically_from_their_encoding() {
+        for env in golden_envelopes() {
+            // Against the decoded envelope, not `env`: proto3 does not encode -0.0, which decodes as 0.
+            let encoded = env.encode_to_vec();
+            let expected = decode_then_write(&encoded);
+            assert!(expected.is_some());
+            assert_eq!(write_from_encoded(&encoded), expected, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn map_keys_are_written_in_byte_order_by_both_writers() {
+        let keys = ["b", "a", "B", "é", "", "ab"];
+        let env = v2::Envelope {
+            tags: keys.iter().map(|k| (k.to_string(), format!("v{k}"))).collect(),
+            ..Default::default()
+        };
+        let expected = r#""tags":{"":"v","B":"vB","a":"va","ab":"vab","b":"vb","é":"vé"}"#;
+        assert!(envelope_to_json_string(&env).contains(expected), "{}", envelope_to_json_string(&env));
+        let direct = write_from_encoded(&env.encode_to_vec()).expect("decodes");
+        assert!(direct.contains(expected), "{direct}");
+    }
+
+    #[test]
+    fn repeated_fields_and_map_entries_follow_prost_merge_rules() {
+        let tag = |key: &str, value: &str| {
+            let mut entry = wrap(1, key.as_bytes());
+            entry.extend(wrap(2, value.as_bytes()));
+            wrap(9, &entry)
+        };
+        let mut encoded = Vec::new();
+        encoded.extend(wrap(2, b"first-source"));
+        encoded.extend(tag("k", "1"));
+        encoded.extend(tag("j", "x"));
+        encoded.extend(tag("k", "2")); // replaces k=1
+        encoded.extend(wrap(9, &wrap(2, b"no key"))); // key ""
+        encoded.extend(wrap(9, &[wrap(1, b"two values"), wrap(2, b"a"), wrap(2, b"b")].concat())); // b wins
+                                                                                                   // A deprecated tag whose value comes in two fields: they merge, the integer wins.
+        let text = v2::Value { data: Some(Data::Text("t".into())) }.encode_to_vec();
+        let integer = v2::Value { data: Some(Data::Integer(7)) }.encode_to_vec();
+        encoded.extend(wrap(3, &[wrap(1, b"d"), wrap(2, &text), wrap(2, &integer)].concat()));
+        encoded.extend(wrap(3, &wrap(1, b"no value")));
+        // A log between two counters restarts the member (the name "c" is lost); the counters
+        // after it merge.
+        encoded.extend(wrap(5, &wrap(1, b"c")));
+        encoded.extend(wrap(4, &wrap(1, b"payload")));
+        encoded.extend(wrap(5, &[0x10, 0x01]));
+        encoded.extend(wrap(5, &[0x18, 0x02]));
+        encoded.extend(wrap(2, b"last-source"));
+        let expected = concat!(
+            r#"{"timestamp":"0","source_id":"last-source","instance_id":"","#,
+            r#""deprecated_tags":{"d":{"integer":"7"},"no value":{}},"#,
+            r#""tags":{"":"no key","j":"x","k":"2","two values":"b"},"#,
+            r#""counter":{"name":"","delta":"1","total":"2"}}"#
+        );
+        assert_eq!(decode_then_write(&encoded).as_deref(), Some(expected));
+        assert_eq!(write_from_encoded(&encoded).as_deref(), Some(expected));
+    }
+
+    #[test]
+    fn what_prost_refuses_is_an_error_and_left_out_of_a_read_response() {
+        let good = envelope(log(b"ok", 0)).encode_to_vec();
+        let cases: Vec<(Vec<u8>, ScanError)> = vec![
+            (wrap(9, &[wrap(1, b"k"), wrap(2, &[0xff])].concat()), ScanError::InvalidUtf8),
+            (wrap(3, &wrap(1, &[0xc3])), ScanError::InvalidUtf8),
+            (wrap(6, &wrap(1, &wrap(1, &[0x80]))), ScanError::InvalidUtf8),
+            (wrap(1, b""), ScanError::WrongWireType),
+            (wrap(4, &[0x12, 0x00]), ScanError::WrongWireType), // Log.type as bytes
+            (vec![0x22, 0x05, 0x0a], ScanError::Truncated),
+            (vec![0x00], ScanError::InvalidKey),
+            (vec![0x7c], ScanError::UnexpectedEndGroup), // end group of field 15 at the top
+        ];
+        for (encoded, error) in &cases {
+            assert!(v2::Envelope::decode(&encoded[..]).is_err(), "prost refuses {encoded:?}");
+            assert_eq!(write_envelope_json_from_encoded(&mut Vec::new(), encoded), Err(*error), "{encoded:?}");
+        }
+        let mut stored = vec![good.clone()];
+        stored.extend(cases.into_iter().map(|(encoded, _)| encoded));
+        stored.push(good);
+        let decoded: Vec<v2::Envelope> = stored.iter().filter_map(|e| v2::Envelope::decode(&e[..]).ok()).collect();
+        assert_eq!(decoded.len(), 2);
+        let expected = read_response_to_json(&ReadResponse { envelopes: Some(v2::EnvelopeBatch { batch: decoded }) });
+        let mut out = Vec::new();
+        write_read_response_json_from_encoded(&mut out, &stored);
+        assert_eq!(into_string(out), expected);
+    }
+
+    #[test]
+    fn unknown_groups_nest_as_deep_as_prost_allows_and_no_deeper() {
+        // prost's budget is 100 at the top level and one less per enclosing message.
+        for depth in 97..=101 {
+            let top = nested_groups(depth);
+            let in_log = wrap(4, &nested_groups(depth));
+            let in_gauge_value = wrap(6, &wrap(1, &wrap(2, &nested_groups(depth))));
+            for encoded in [top, in_log, in_gauge_value] {
+                assert_eq!(
+                    write_from_encoded(&encoded),
+                    decode_then_write(&encoded),
+                    "depth {depth}: {:?}",
+                    v2::Envelope::decode(&encoded[..])
+                );
+            }
+        }
+        assert!(write_from_encoded(&nested_groups(100)).is_some());
+        assert!(write_from_encoded(&wrap(4, &nested_groups(100))).is_none());
+    }
+
+    #[test]
+    fn empty_read_response_from_encoded() {
+        let mut out = Vec::new();
+        write_read_response_json_from_encoded::<Vec<u8>>(&mut out, &[]);
+        assert_eq!(into_string(out), r#"{"envelopes":{"batch":[]}}"#);
     }
 
     // --- decoding ---
@@ -1145,6 +1855,94 @@ mod tests {
         ]
     }
 
+    /// Map keys from a small set, so that entries collide.
+    fn arb_key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["", "a", "b", "ab", "é"]).prop_map(String::from)
+    }
+
+    /// Unknown fields (numbers 11–13 are unknown in every message): every wire type, and groups
+    /// holding unknown fields.
+    fn arb_unknown() -> impl Strategy<Value = Vec<u8>> {
+        use prost::encoding::{encode_varint, WireType};
+        let leaf = (11u32..14, 0..4u8, any::<u64>(), proptest::collection::vec(any::<u8>(), 0..6)).prop_map(
+            |(number, kind, value, bytes)| {
+                let mut out = Vec::new();
+                match kind {
+                    0 => {
+                        field(number, WireType::Varint, &mut out);
+                        encode_varint(value, &mut out);
+                    }
+                    1 => {
+                        field(number, WireType::SixtyFourBit, &mut out);
+                        out.extend_from_slice(&value.to_le_bytes());
+                    }
+                    2 => out = wrap(number, &bytes),
+                    _ => {
+                        field(number, WireType::ThirtyTwoBit, &mut out);
+                        out.extend_from_slice(&(value as u32).to_le_bytes());
+                    }
+                }
+                out
+            },
+        );
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            (11u32..14, proptest::collection::vec(inner, 0..3)).prop_map(|(number, members)| {
+                let mut out = Vec::new();
+                field(number, WireType::StartGroup, &mut out);
+                out.extend(members.concat());
+                field(number, WireType::EndGroup, &mut out);
+                out
+            })
+        })
+    }
+
+    /// A map entry's encoding: keys, values (already encoded) and unknown fields in any number
+    /// and order, so that keys or values are missing or repeated.
+    fn arb_map_entry(value: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+        let part = prop_oneof![
+            arb_key().prop_map(|key| wrap(1, key.as_bytes())),
+            value.prop_map(|value| wrap(2, &value)),
+            arb_unknown(),
+        ];
+        proptest::collection::vec(part, 0..4).prop_map(|parts| parts.concat())
+    }
+
+    fn arb_colliding_envelope() -> impl Strategy<Value = v2::Envelope> {
+        (
+            any::<i64>(),
+            "[ab]{0,2}",
+            "[ab]{0,2}",
+            proptest::collection::hash_map(arb_key(), arb_value(), 0..3),
+            proptest::collection::hash_map(arb_key(), any::<String>(), 0..3),
+            arb_message(),
+        )
+            .prop_map(|(timestamp, source_id, instance_id, deprecated_tags, tags, message)| v2::Envelope {
+                timestamp,
+                source_id,
+                instance_id,
+                deprecated_tags,
+                tags,
+                message,
+            })
+    }
+
+    /// A piece of an envelope's encoding; concatenated, pieces repeat fields, map keys and oneof
+    /// members, which prost merges.
+    fn arb_part() -> impl Strategy<Value = Vec<u8>> {
+        let gauge_value =
+            (any::<String>(), any::<f64>()).prop_map(|(unit, value)| v2::GaugeValue { unit, value }.encode_to_vec());
+        prop_oneof![
+            3 => arb_colliding_envelope().prop_map(|env| env.encode_to_vec()),
+            1 => arb_map_entry(any::<String>().prop_map(String::into_bytes)).prop_map(|entry| wrap(9, &entry)),
+            1 => arb_map_entry(arb_value().prop_map(|value| value.encode_to_vec())).prop_map(|entry| wrap(3, &entry)),
+            1 => arb_map_entry(gauge_value).prop_map(|entry| wrap(6, &wrap(1, &entry))),
+            // A member holding only unknown fields: that member, with default values.
+            1 => (prop::sample::select(vec![4u32, 5, 6, 7, 10]), arb_unknown())
+                .prop_map(|(member, unknown)| wrap(member, &unknown)),
+            1 => arb_unknown(),
+        ]
+    }
+
     fn arb_envelope() -> impl Strategy<Value = v2::Envelope> {
         (
             any::<i64>(),
@@ -1222,6 +2020,59 @@ mod tests {
         fn encoded_json_is_valid_for_serde_json(env in arb_envelope()) {
             let json = envelope_to_json_string(&env);
             prop_assert!(serde_json::from_str::<Json>(&json).is_ok(), "{}", json);
+        }
+
+        #[test]
+        fn json_from_the_encoding_equals_json_of_the_decoded_envelope(env in arb_envelope()) {
+            let encoded = env.encode_to_vec();
+            let expected = decode_then_write(&encoded);
+            prop_assert!(expected.is_some());
+            prop_assert_eq!(write_from_encoded(&encoded), expected);
+        }
+
+        #[test]
+        fn json_from_the_encoding_follows_prost_merge_rules(parts in proptest::collection::vec(arb_part(), 0..6)) {
+            let encoded = parts.concat();
+            let expected = decode_then_write(&encoded);
+            prop_assert!(expected.is_some(), "prost decodes well-formed pieces");
+            prop_assert_eq!(write_from_encoded(&encoded), expected);
+        }
+
+        #[test]
+        fn json_from_the_encoding_fails_exactly_when_prost_fails(
+            parts in proptest::collection::vec(arb_part(), 1..5),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut encoded = parts.concat();
+            if encoded.is_empty() {
+                encoded.push(0);
+            }
+            for (at, byte) in edits {
+                let at = at.index(encoded.len());
+                encoded[at] = byte;
+            }
+            if let Some(cut) = cut {
+                encoded.truncate(cut.index(encoded.len() + 1));
+            }
+            prop_assert_eq!(write_from_encoded(&encoded), decode_then_write(&encoded));
+        }
+
+        #[test]
+        fn json_from_arbitrary_bytes_agrees_with_prost(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(write_from_encoded(&bytes), decode_then_write(&bytes));
+        }
+
+        #[test]
+        fn read_response_from_encoded_equals_read_response_of_decoded(
+            batch in proptest::collection::vec(proptest::collection::vec(arb_part(), 0..3), 0..5)
+        ) {
+            let stored: Vec<Vec<u8>> = batch.into_iter().map(|parts| parts.concat()).collect();
+            let decoded = stored.iter().filter_map(|e| v2::Envelope::decode(&e[..]).ok()).collect();
+            let expected = read_response_to_json(&ReadResponse { envelopes: Some(v2::EnvelopeBatch { batch: decoded }) });
+            let mut out = Vec::new();
+            write_read_response_json_from_encoded(&mut out, &stored);
+            prop_assert_eq!(into_string(out), expected);
         }
     }
 }

@@ -22,7 +22,7 @@ use tonic::Code;
 
 use crate::auth::{Authorizer, Caller, QueryRejection};
 use crate::query::Querier;
-use crate::service::{ApiError, Service};
+use crate::service::{ApiError, EncodedRead, Service};
 
 pub use params::{parse_read_request, ParamError};
 
@@ -180,10 +180,28 @@ async fn read(
         Ok(request) => request,
         Err(error) => return grpc_gateway_error(Code::InvalidArgument, &error.to_string()),
     };
-    match state.service.read(request).await {
-        Ok(response) => json_response(StatusCode::OK, loggregator_proto::json::read_response_to_json(&response)),
+    match state.service.read_encoded(request).await {
+        Ok(read) => read_response(&read),
         Err(error) => error_response(error),
     }
+}
+
+/// The `/api/v1/read` body (§6.7) in one buffer, written straight from the stored encoded
+/// envelopes when this node holds the source (no decoded envelope, no `String` per envelope).
+fn read_response(read: &EncodedRead) -> Response {
+    let mut body = match read {
+        EncodedRead::Local(envelopes) => {
+            // An envelope's JSON is typically ~1.5× its encoding (base64, field names): 2× makes one
+            // allocation the rule; escapes in strings may still make the buffer grow.
+            let encoded: usize = envelopes.iter().map(|e| e.len()).sum();
+            let mut body = Vec::with_capacity(64 + encoded * 2);
+            loggregator_proto::json::write_read_response_json_from_encoded(&mut body, envelopes);
+            body
+        }
+        EncodedRead::Remote(response) => loggregator_proto::json::read_response_to_json(response).into_bytes(),
+    };
+    body.push(b'\n');
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn meta(State(state): State<HttpState>, RawQuery(raw_query): RawQuery, headers: HeaderMap) -> Response {

@@ -12,6 +12,11 @@
 //!   the total is back under [`LOW_WATER_PERCENT`] of the cap. The inserting thread does the pruning
 //!   itself, so the cap holds under any load, with no background task and no pause.
 //!
+//! Ingest (BENCHMARKS.md §4.2): [`Store::insert_batch`] stores a received batch with the outcome of
+//! inserting its envelopes one by one, but takes each shard's lock once, looks each source up once
+//! per run of its envelopes, updates the pruning index once per source and the counters once per
+//! batch.
+//!
 //! Concurrency: sources are spread over [`SHARDS`] shards by a hash of the source id, each behind a
 //! `parking_lot::RwLock`: writers to different shards, and readers of the same shard, proceed in
 //! parallel. No thread ever holds two shard locks, and no lock is held across an `.await` (the store
@@ -135,6 +140,11 @@ struct Entry {
 }
 
 impl Entry {
+    fn new(envelope: &RawEnvelope, bytes: Bytes) -> Self {
+        let (name_start, name_len) = name_range(envelope);
+        Entry { timestamp: envelope.meta.timestamp, bytes, kind: envelope.meta.kind, name_start, name_len }
+    }
+
     fn name(&self) -> &str {
         let start = self.name_start as usize;
         let end = start + self.name_len as usize;
@@ -185,6 +195,75 @@ struct ShardInner {
     sources: HashMap<Arc<str>, Source>,
     /// (oldest timestamp, source id) of every source of the shard: the pruner's order.
     by_oldest: BTreeSet<(i64, Arc<str>)>,
+}
+
+impl ShardInner {
+    /// Stores `entries`, all of `source_id` and in insertion order, evicting that source's oldest
+    /// beyond `max_per_source`; the source and the pruning index are updated once for the run.
+    /// Answers whether the pruning index changed.
+    fn store_run(
+        &mut self,
+        source_id: &str,
+        entries: impl Iterator<Item = Entry>,
+        max_per_source: usize,
+        totals: &mut InsertTotals,
+    ) -> bool {
+        if !self.sources.contains_key(source_id) {
+            let key: Arc<str> = Arc::from(source_id);
+            self.sources.insert(key.clone(), Source::new(key));
+            totals.new_sources += 1;
+            totals.added += SOURCE_OVERHEAD_BYTES;
+        }
+        let Some(source) = self.sources.get_mut(source_id) else {
+            return false; // just inserted under the same lock
+        };
+        let oldest_before = source.oldest();
+        for entry in entries {
+            totals.stored += 1;
+            totals.added += entry.accounted_size();
+            source.insert(entry);
+            while source.entries.len() > max_per_source {
+                if let Some(evicted) = source.entries.pop_front() {
+                    totals.freed += evicted.accounted_size();
+                    totals.expired += 1;
+                    source.expired += 1;
+                }
+            }
+        }
+        let oldest_after = source.oldest();
+        if oldest_before == oldest_after {
+            return false;
+        }
+        if let Some(ts) = oldest_before {
+            self.by_oldest.remove(&(ts, source.id.clone()));
+        }
+        if let Some(ts) = oldest_after {
+            self.by_oldest.insert((ts, source.id.clone()));
+        }
+        true
+    }
+}
+
+/// What one insert or one batch changed, applied to the shared counters once.
+#[derive(Debug, Default)]
+struct InsertTotals {
+    stored: u64,
+    expired: u64,
+    new_sources: u64,
+    /// Accounted bytes of the stored entries and new sources.
+    added: u64,
+    /// Accounted bytes of the entries evicted by the per-source cap.
+    freed: u64,
+}
+
+/// Where one envelope of a batch sorts: by shard, then source, then arrival.
+#[derive(Clone, Copy)]
+struct BatchSlot {
+    shard: usize,
+    /// The full hash of the source id ([`source_hash`]), so that a source's envelopes sort together.
+    source_hash: u64,
+    /// Position in the batch: keeps a source's envelopes in arrival order.
+    index: usize,
 }
 
 struct Shard {
@@ -245,8 +324,7 @@ impl Store {
 
     /// The shard of a source id (exposed for the model test, which mirrors the pruning order).
     pub fn shard_of(source_id: &str) -> usize {
-        // A seed different from the cluster's hash, so that shards stay balanced within one node.
-        (xxhash_rust::xxh64::xxh64(source_id.as_bytes(), 0x6c6f_6763_6163_6865) % SHARDS as u64) as usize
+        shard_of_hash(source_hash(source_id))
     }
 
     /// Stores a copy of the envelope's bytes. The copy gives every stored envelope its own allocation,
@@ -262,71 +340,87 @@ impl Store {
         self.insert_bytes(&envelope, bytes);
     }
 
-    /// Stores every envelope of an encoded `EnvelopeBatch`; answers how many were stored. A malformed
-    /// envelope ends the batch and is counted as dropped.
-    pub fn insert_batch(&self, batch: loggregator_proto::BatchScanner) -> usize {
-        let mut stored = 0;
-        for envelope in batch {
-            match envelope {
-                Ok(envelope) => {
-                    self.insert(&envelope);
-                    stored += 1;
-                }
-                Err(_) => {
-                    self.stats.dropped.inc();
-                }
+    /// Stores a copy of every envelope of a received batch (the nozzle's unit, §6.10).
+    ///
+    /// The outcome is exactly that of [`Store::insert`] on each envelope in order: the same entries in
+    /// the same order, the same evictions, counters and accounting. When the batch cannot take the
+    /// store over its memory cap (the accounted total plus an upper bound of what the batch adds stays
+    /// under it, so no insert of the batch would prune), envelopes are grouped by shard and source:
+    /// one lock per shard, one lookup and one pruning-index update per source, counters once.
+    /// Otherwise they are inserted one by one, so that pruning happens exactly where it would.
+    pub fn insert_batch(&self, envelopes: &[RawEnvelope]) {
+        let most_added: u64 =
+            envelopes.iter().map(|e| e.bytes.len() as u64 + ENTRY_OVERHEAD_BYTES + SOURCE_OVERHEAD_BYTES).sum();
+        let used = self.used_bytes.load(Ordering::Acquire);
+        if envelopes.len() < 2 || used.saturating_add(most_added) > self.limits.memory_limit_bytes {
+            for envelope in envelopes {
+                self.insert(envelope);
+            }
+            return;
+        }
+
+        let mut slots: Vec<BatchSlot> = envelopes
+            .iter()
+            .enumerate()
+            .map(|(index, envelope)| {
+                let source_hash = source_hash_of_bytes(envelope.source_id_bytes());
+                BatchSlot { shard: shard_of_hash(source_hash), source_hash, index }
+            })
+            .collect();
+        // `index` makes every key distinct, so the unstable sort is deterministic and keeps each
+        // source's envelopes in arrival order.
+        slots.sort_unstable_by_key(|slot| (slot.shard, slot.source_hash, slot.index));
+
+        let mut totals = InsertTotals::default();
+        for shard_slots in slots.chunk_by(|a, b| a.shard == b.shard) {
+            let shard = &self.shards[shard_slots[0].shard];
+            let mut inner = shard.inner.write();
+            let mut index_changed = false;
+            // Runs of one source: equal hash and id (a hash collision only splits two sources' runs).
+            let same_source = |a: &BatchSlot, b: &BatchSlot| {
+                a.source_hash == b.source_hash
+                    && envelopes[a.index].source_id_bytes() == envelopes[b.index].source_id_bytes()
+            };
+            for run in shard_slots.chunk_by(same_source) {
+                let source_id = envelopes[run[0].index].source_id();
+                // Each copy is made under the lock, just before the insert that may free an evicted
+                // entry of the same size: the allocator recycles it at once.
+                let entries = run.iter().map(|slot| {
+                    let envelope = &envelopes[slot.index];
+                    Entry::new(envelope, Bytes::copy_from_slice(&envelope.bytes))
+                });
+                index_changed |= inner.store_run(source_id, entries, self.limits.max_per_source, &mut totals);
+            }
+            if index_changed {
+                shard.publish_oldest(&inner);
             }
         }
-        stored
+        self.account(totals);
     }
 
     fn insert_bytes(&self, envelope: &RawEnvelope, bytes: Bytes) {
-        let (name_start, name_len) = name_range(envelope);
-        let entry = Entry { timestamp: envelope.meta.timestamp, bytes, kind: envelope.meta.kind, name_start, name_len };
+        let entry = Entry::new(envelope, bytes);
         let source_id = envelope.source_id();
-        let added = entry.accounted_size();
         let shard = &self.shards[Self::shard_of(source_id)];
-        let mut freed = 0;
-        let mut expired = 0;
-        let mut new_source = false;
+        let mut totals = InsertTotals::default();
         {
             let mut inner = shard.inner.write();
-            let inner = &mut *inner;
-            if !inner.sources.contains_key(source_id) {
-                new_source = true;
-                let key: Arc<str> = Arc::from(source_id);
-                inner.sources.insert(key.clone(), Source::new(key));
-            }
-            let Some(source) = inner.sources.get_mut(source_id) else {
-                return; // just inserted under the same lock
-            };
-            let key = source.id.clone();
-            let oldest_before = source.oldest();
-            source.insert(entry);
-            while source.entries.len() > self.limits.max_per_source {
-                if let Some(evicted) = source.entries.pop_front() {
-                    freed += evicted.accounted_size();
-                    source.expired += 1;
-                    expired += 1;
-                }
-            }
-            let oldest_after = source.oldest();
-            if oldest_before != oldest_after {
-                if let Some(ts) = oldest_before {
-                    inner.by_oldest.remove(&(ts, key.clone()));
-                }
-                if let Some(ts) = oldest_after {
-                    inner.by_oldest.insert((ts, key));
-                }
-                shard.publish_oldest(inner);
+            if inner.store_run(source_id, std::iter::once(entry), self.limits.max_per_source, &mut totals) {
+                shard.publish_oldest(&inner);
             }
         }
-        let added = added + if new_source { SOURCE_OVERHEAD_BYTES } else { 0 };
-        if new_source {
-            self.stats.sources.add(1);
+        self.account(totals);
+    }
+
+    /// Applies what an insert or a batch changed to the counters and the accounted total, and prunes
+    /// if the total is over the cap.
+    fn account(&self, totals: InsertTotals) {
+        let InsertTotals { stored, expired, new_sources, added, freed } = totals;
+        if new_sources > 0 {
+            self.stats.sources.add(new_sources as i64);
         }
-        self.stats.ingress.inc();
-        self.stats.envelopes.add(1 - expired as i64);
+        self.stats.ingress.add(stored);
+        self.stats.envelopes.add(stored as i64 - expired as i64);
         if expired > 0 {
             self.stats.expired_by_source_cap.add(expired);
         }
@@ -531,6 +625,20 @@ fn collect_limited<'a>(entries: impl Iterator<Item = &'a Entry>, filter: &ReadFi
             boundary = Some(entry.timestamp);
         }
     }
+}
+
+/// The hash that places a source id in a shard.
+fn source_hash(source_id: &str) -> u64 {
+    source_hash_of_bytes(source_id.as_bytes())
+}
+
+fn source_hash_of_bytes(source_id: &[u8]) -> u64 {
+    // A seed different from the cluster's hash, so that shards stay balanced within one node.
+    xxhash_rust::xxh64::xxh64(source_id, 0x6c6f_6763_6163_6865)
+}
+
+fn shard_of_hash(hash: u64) -> usize {
+    (hash % SHARDS as u64) as usize
 }
 
 /// The counter/timer name of a scanned envelope as an offset and length within its bytes.

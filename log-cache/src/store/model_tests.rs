@@ -4,7 +4,8 @@
 //! per-source cap by dropping the first element, and prunes memory by repeatedly removing the
 //! globally smallest `(oldest timestamp, shard, source id)` until under the low-water mark: the
 //! order the store documents for single-threaded use. Reads are filtered, limited and ordered by
-//! brute force.
+//! brute force. A batch (`Store::insert_batch`, the nozzle's path) must leave the store exactly as
+//! inserting its envelopes one by one does: the model inserts them one by one.
 
 use std::collections::BTreeMap;
 
@@ -17,17 +18,27 @@ use proptest::prelude::*;
 use super::tests::encode;
 use super::*;
 
+/// One generated envelope: source, timestamp, counter (else log), payload length.
+type Spec = (u8, i64, bool, usize);
+
 #[derive(Debug, Clone)]
 enum Op {
     Insert { source: u8, ts: i64, counter: bool, payload: usize },
+    InsertBatch(Vec<Spec>),
     Read { source: u8, start: i64, end: i64, limit: i64, descending: bool, only: Option<bool> },
     Meta,
 }
 
+fn spec() -> impl Strategy<Value = Spec> {
+    (0u8..4, 0i64..40, any::<bool>(), 0usize..64)
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u8..4, 0i64..40, any::<bool>(), 0usize..64)
-            .prop_map(|(source, ts, counter, payload)| Op::Insert { source, ts, counter, payload }),
+        4 => spec().prop_map(|(source, ts, counter, payload)| Op::Insert { source, ts, counter, payload }),
+        // Up to 8 envelopes over at most 4 sources: runs of one source, equal and decreasing
+        // timestamps inside a batch, several sources per shard or not.
+        2 => prop::collection::vec(spec(), 0..8).prop_map(Op::InsertBatch),
         2 => (0u8..5, -5i64..45, 0i64..45, 0i64..8, any::<bool>(), prop::option::of(any::<bool>()))
             .prop_map(|(source, start, end, limit, descending, only)| {
                 Op::Read { source, start, end, limit, descending, only }
@@ -130,16 +141,49 @@ impl Model {
     }
 }
 
+/// The store's counters and gauges against the model's totals.
+fn check_stats(store: &Store, model: &Model, inserted: u64) -> Result<(), TestCaseError> {
+    let stats = store.stats();
+    let held: usize = model.sources.values().map(|(entries, _, _)| entries.len()).sum();
+    let expired: i64 = model.sources.values().map(|(_, expired, _)| *expired).sum();
+    prop_assert_eq!(store.used_bytes(), model.used);
+    prop_assert_eq!(stats.memory_bytes.get(), model.used as i64);
+    prop_assert_eq!(stats.envelopes.get(), held as i64);
+    prop_assert_eq!(stats.sources.get(), model.sources.len() as i64);
+    prop_assert_eq!(stats.ingress.get(), inserted);
+    let evicted = stats.expired_by_source_cap.get() + stats.pruned_by_memory.get();
+    prop_assert_eq!(evicted, inserted - held as u64);
+    // A source pruned away takes its `expired` history with it, so this bounds rather than equals.
+    prop_assert!(evicted as i64 >= expired);
+    Ok(())
+}
+
 fn check(ops: Vec<Op>, limits: StoreLimits) -> Result<(), TestCaseError> {
     let store = Store::new(limits);
     let mut model = Model::default();
+    let mut inserted = 0;
     for (seq, op) in ops.into_iter().enumerate() {
         match op {
             Op::Insert { source, ts, counter, payload } => {
                 let e = make(source, ts, counter, payload, seq);
                 store.insert(&encode(&e));
                 model.insert(limits, &e);
-                prop_assert_eq!(store.used_bytes(), model.used);
+                inserted += 1;
+                check_stats(&store, &model, inserted)?;
+            }
+            Op::InsertBatch(specs) => {
+                let envelopes: Vec<Envelope> = specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(source, ts, counter, payload))| make(source, ts, counter, payload, seq * 100 + i))
+                    .collect();
+                let scanned: Vec<RawEnvelope> = envelopes.iter().map(encode).collect();
+                store.insert_batch(&scanned);
+                for e in &envelopes {
+                    model.insert(limits, e);
+                }
+                inserted += envelopes.len() as u64;
+                check_stats(&store, &model, inserted)?;
             }
             Op::Read { source, start, end, limit, descending, only } => {
                 let envelope_types = match only {
@@ -193,5 +237,15 @@ proptest! {
         cap in 600u64..3000,
     ) {
         check(ops, StoreLimits { max_per_source: 10, memory_limit_bytes: cap })?;
+    }
+
+    /// A cap large enough that batches take the grouped path for a while and then meet pruning,
+    /// which must find the pruning index as one-by-one inserts would have left it.
+    #[test]
+    fn store_matches_model_when_batches_fill_the_store_up_to_the_cap(
+        ops in prop::collection::vec(op(), 1..160),
+        cap in 3000u64..12_000,
+    ) {
+        check(ops, StoreLimits { max_per_source: 40, memory_limit_bytes: cap })?;
     }
 }

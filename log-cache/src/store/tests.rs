@@ -403,15 +403,117 @@ fn metric_envelopes_are_gauges_counters_and_timers_in_a_closed_interval() {
     assert_eq!(got, vec![2, 3, 4, 6]);
 }
 
+// === batches (the nozzle's path) ===
+
+/// Two stores fed the same envelopes, one by batches and one envelope at a time, hold the same.
+fn assert_same_contents(batched: &Store, one_by_one: &Store, sources: &[&str]) {
+    assert_eq!(batched.used_bytes(), one_by_one.used_bytes());
+    assert_eq!(batched.meta(), one_by_one.meta());
+    for source in sources {
+        let req = ReadRequest { limit: 1000, ..request(source) };
+        assert_eq!(read(batched, &req), read(one_by_one, &req), "{source}");
+    }
+    let (a, b) = (batched.stats(), one_by_one.stats());
+    assert_eq!(a.ingress.get(), b.ingress.get());
+    assert_eq!(a.envelopes.get(), b.envelopes.get());
+    assert_eq!(a.sources.get(), b.sources.get());
+    assert_eq!(a.memory_bytes.get(), b.memory_bytes.get());
+    assert_eq!(a.expired_by_source_cap.get(), b.expired_by_source_cap.get());
+    assert_eq!(a.pruned_by_memory.get(), b.pruned_by_memory.get());
+}
+
+/// A batch with runs of one source, sources interleaved, equal and decreasing timestamps, and more
+/// envelopes for one source than its cap.
+fn mixed_batch(round: i64) -> Vec<Envelope> {
+    let t = round * 10;
+    let mut batch = Vec::new();
+    for i in 0..7 {
+        batch.push(log("a", t + i));
+    }
+    batch.extend([log("b", t + 5), counter("c", t + 3, "x"), log("b", t + 5), log("a", t + 2), gauge("b", t, &["k"])]);
+    batch.extend([event("d", t + 1), timer("c", t + 3, "y"), log("b", t + 4)]);
+    batch
+}
+
 #[test]
-fn concurrent_writers_and_readers_keep_the_store_consistent() {
+fn a_batch_stores_exactly_what_one_by_one_inserts_store() {
+    let limits = StoreLimits { max_per_source: 5, memory_limit_bytes: 1 << 30 };
+    let (batched, one_by_one) = (Store::new(limits), Store::new(limits));
+    for round in 0..3 {
+        let batch = mixed_batch(round);
+        let scanned: Vec<RawEnvelope> = batch.iter().map(encode).collect();
+        batched.insert_batch(&scanned);
+        put(&one_by_one, &batch);
+    }
+    assert_same_contents(&batched, &one_by_one, &["a", "b", "c", "d"]);
+    // "b" got 25, 25, 20 (gauge), 24 in the last round: the cap of 5 keeps those and one 15.
+    assert_eq!(timestamps(&read(&batched, &request("b"))), vec![15, 20, 24, 25, 25]);
+    assert_eq!(batched.stats().ingress.get(), 45);
+    assert_eq!(batched.meta()["a"].expired, 3 * 8 - 5);
+}
+
+#[test]
+fn a_batch_near_the_memory_cap_prunes_where_one_by_one_inserts_would() {
+    let size = encode(&log("a", 10)).bytes.len() as u64 + ENTRY_OVERHEAD_BYTES;
+    // The first batches are far enough from the cap to take the grouped path; later ones are not.
+    let limit = 4 * SOURCE_OVERHEAD_BYTES + 100 * size;
+    let limits = StoreLimits { max_per_source: 1000, memory_limit_bytes: limit };
+    let (batched, one_by_one) = (Store::new(limits), Store::new(limits));
+    for round in 0..12 {
+        let batch = mixed_batch(round);
+        let scanned: Vec<RawEnvelope> = batch.iter().map(encode).collect();
+        batched.insert_batch(&scanned);
+        put(&one_by_one, &batch);
+        assert_same_contents(&batched, &one_by_one, &["a", "b", "c", "d"]);
+    }
+    assert!(batched.stats().pruned_by_memory.get() > 0, "the cap was reached");
+    assert!(batched.used_bytes() <= limit);
+}
+
+#[test]
+fn an_empty_batch_changes_nothing() {
+    let store = store();
+    store.insert_batch(&[]);
+    assert_eq!(store.used_bytes(), 0);
+    assert_eq!(store.stats().ingress.get(), 0);
+    assert!(store.meta().is_empty());
+}
+
+#[test]
+fn batched_copies_do_not_pin_the_receive_buffer() {
+    let store = store();
+    let envelopes = [log("a", 1), log("b", 2)];
+    let encoded: Vec<u8> = envelopes.iter().flat_map(|e| e.encode_to_vec()).collect();
+    let buffer = Bytes::from(encoded);
+    let first_len = envelopes[0].encoded_len();
+    let scanned = vec![
+        RawEnvelope::scan(buffer.slice(..first_len)).expect("valid"),
+        RawEnvelope::scan(buffer.slice(first_len..)).expect("valid"),
+    ];
+    store.insert_batch(&scanned);
+    drop(scanned);
+    assert!(buffer.is_unique());
+    assert_eq!(store.stats().ingress.get(), 2);
+}
+
+/// Four writers (one by one, or by batches of 10) and a reader on one store: afterwards the
+/// counters, the meta and the accounting agree, and the cap holds.
+fn concurrent_writers_and_a_reader(batched: bool) {
     let store = std::sync::Arc::new(Store::new(StoreLimits { max_per_source: 500, memory_limit_bytes: 200_000 }));
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let store = store.clone();
             std::thread::spawn(move || {
-                for i in 0..5000 {
-                    store.insert(&encode(&log(&format!("s{}", (i + w) % 17), i)));
+                let scanned: Vec<RawEnvelope> =
+                    (0..5000).map(|i| encode(&log(&format!("s{}", (i + w) % 17), i))).collect();
+                if batched {
+                    for batch in scanned.chunks(10) {
+                        store.insert_batch(batch);
+                    }
+                } else {
+                    for envelope in &scanned {
+                        store.insert(envelope);
+                    }
                 }
             })
         })
@@ -441,4 +543,14 @@ fn concurrent_writers_and_readers_keep_the_store_consistent() {
     let gone = store.stats().pruned_by_memory.get() as i64 + store.stats().expired_by_source_cap.get() as i64;
     assert_eq!(ingress, 20_000);
     assert_eq!(ingress - gone, count);
+}
+
+#[test]
+fn concurrent_writers_and_readers_keep_the_store_consistent() {
+    concurrent_writers_and_a_reader(false);
+}
+
+#[test]
+fn concurrent_batch_writers_and_readers_keep_the_store_consistent() {
+    concurrent_writers_and_a_reader(true);
 }
