@@ -228,7 +228,12 @@ impl Service {
     /// empty (its envelopes hold the receive buffer).
     async fn ingest_scanned(&self, scanned: &mut Vec<RawEnvelope>) {
         if self.cluster.len() <= 1 {
-            self.store.insert_batch(scanned);
+            // One by one: in the full pipeline (loadgen agent-doppler-logcache at 200k/s) this cost
+            // 2.33 µs of log-cache CPU per envelope against 2.56 µs for `insert_batch`, whose
+            // sort by shard and source outweighs the locks it saves on interleaved nozzle traffic.
+            for envelope in scanned.iter() {
+                self.store.insert(envelope);
+            }
             scanned.clear();
             return;
         }
