@@ -158,7 +158,7 @@ fn for_each_source_id_matcher(expr: &mut Expr, f: &mut impl FnMut(&mut Matcher))
 /// Parses a query after bounding its nesting; a parser panic (it has some on out-of-range numbers,
 /// `x[1e400]`) is reported as the parse error it is.
 fn parse_bounded(query: &str) -> Result<Expr, QueryError> {
-    let count = count_nesting(query);
+    let count = crate::promql::guard::count_inner_nodes(query);
     if count > MAX_QUERY_NESTING {
         return Err(QueryError::TooComplex { count });
     }
@@ -167,51 +167,6 @@ fn parse_bounded(query: &str) -> Result<Expr, QueryError> {
         Ok(Err(message)) => Err(QueryError::Parse(message)),
         Err(_) => Err(QueryError::Parse("number or duration out of range".into())),
     }
-}
-
-/// An upper bound on the depth of a query's tree: opening parentheses, operator characters and word
-/// operators, outside strings, comments, label matchers and ranges (same count as `promql::guard`).
-fn count_nesting(query: &str) -> usize {
-    let mut count = 0;
-    let mut chars = query.chars();
-    let mut word = String::new();
-    let mut in_braces = false;
-    while let Some(c) = chars.next() {
-        if "+-*/%^=!<>".contains(c) && !in_braces {
-            count += 1;
-        }
-        if c.is_ascii_alphanumeric() || c == '_' {
-            word.push(c.to_ascii_lowercase());
-            continue;
-        }
-        if matches!(word.as_str(), "and" | "or" | "unless" | "atan2") {
-            count += 1;
-        }
-        word.clear();
-        match c {
-            '(' => count += 1,
-            '{' | '[' => in_braces = true,
-            '}' | ']' => in_braces = false,
-            '#' => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-            }
-            quote @ ('"' | '\'' | '`') => {
-                while let Some(c) = chars.next() {
-                    if c == '\\' && quote != '`' {
-                        chars.next();
-                    } else if c == quote {
-                        break;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    count
 }
 
 #[cfg(test)]
@@ -289,8 +244,8 @@ mod tests {
 
     #[test]
     fn nesting_count_ignores_strings_and_matchers() {
-        assert_eq!(count_nesting(r#"up{source_id=~"a|b-c"}"#), 0);
-        assert_eq!(count_nesting(r#"sum(up{a="("}) + 1 and 2"#), 3);
-        assert_eq!(count_nesting("# (((\nup"), 0);
+        assert_eq!(crate::promql::guard::count_inner_nodes(r#"up{source_id=~"a|b-c"}"#), 0);
+        assert_eq!(crate::promql::guard::count_inner_nodes(r#"sum(up{a="("}) + 1 and 2"#), 3);
+        assert_eq!(crate::promql::guard::count_inner_nodes("# (((\nup"), 0);
     }
 }

@@ -23,7 +23,7 @@
 mod error;
 mod eval;
 mod functions;
-mod guard;
+pub(crate) mod guard;
 mod json;
 mod load;
 mod params;
