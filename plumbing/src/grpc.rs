@@ -111,7 +111,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut accepted = Box::pin(incoming(listener));
         let client = tokio::spawn(async move {
-            let TokioIo { .. } = dial(format!("http://{addr}").parse().unwrap()).await.unwrap();
+            // Held open until the end of the task, so it is surely the first accepted connection.
+            let _dialled = dial(format!("http://{addr}").parse().unwrap()).await.unwrap();
             let mut raw = TcpStream::connect(addr).await.unwrap();
             let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
             raw.write_all(&payload).await.unwrap();
