@@ -3,17 +3,12 @@
 mod common;
 
 use common::*;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use log_cache::config::{JwtKey, Secret};
 
 const SECRET: &str = "integration-secret";
 
 fn token(scopes: &[&str], user: &str) -> String {
-    let exp = log_cache::service::now_nanos() / 1_000_000_000 + 600;
-    let claims = serde_json::json!({ "scope": scopes, "user_id": user, "exp": exp });
-    let jwt =
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("encodes");
-    format!("bearer {jwt}")
+    hs256_token(SECRET, scopes, user)
 }
 
 async fn start_with_auth() -> (Running, std::path::PathBuf) {

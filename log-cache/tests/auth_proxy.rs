@@ -23,11 +23,7 @@ const SECRET: &str = "auth-proxy-secret";
 
 /// `bearer <jwt>` signed with [`SECRET`], valid for ten minutes.
 fn token(scopes: &[&str], user: &str) -> String {
-    let exp = log_cache::service::now_nanos() / 1_000_000_000 + 600;
-    let claims = serde_json::json!({ "scope": scopes, "user_id": user, "exp": exp });
-    let jwt =
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("encodes");
-    format!("bearer {jwt}")
+    hs256_token(SECRET, scopes, user)
 }
 
 fn auth_config(cc_url: Option<String>) -> Config {

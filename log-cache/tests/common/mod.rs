@@ -174,3 +174,13 @@ pub fn gauge_envelope(source: &str, ts: i64, name: &str, value: f64) -> Envelope
         })),
     }
 }
+
+/// `bearer <jwt>`: an HS256 token signed with `secret`, for `user` with `scopes`, valid ten minutes.
+pub fn hs256_token(secret: &str, scopes: &[&str], user: &str) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let exp = log_cache::service::now_nanos() / 1_000_000_000 + 600;
+    let claims = serde_json::json!({ "scope": scopes, "user_id": user, "exp": exp });
+    let jwt =
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encodes");
+    format!("bearer {jwt}")
+}
