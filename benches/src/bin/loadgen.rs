@@ -21,6 +21,12 @@ use benches::loadgen::run::{run_prefix, Accounting, MetricSource, Phase};
 use benches::loadgen::settings::{list_scenarios, Cli, Settings};
 
 fn main() -> ExitCode {
+    // The spawned components log through tracing, as in the real binary. Without a subscriber every
+    // span of the gRPC stack would fall back to the `log` crate, a cost the real binary never pays.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
     let cli = Cli::parse();
     if cli.list_scenarios {
         for (name, description) in list_scenarios() {
