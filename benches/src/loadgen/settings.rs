@@ -125,7 +125,10 @@ pub struct Knobs {
     /// With --spawn: mutual TLS on every hop, with a generated CA (as the original deploys).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub tls: Option<bool>,
-    /// With --spawn: tokio worker threads of each component's runtime.
+    /// With --spawn: tokio worker threads of each component's runtime (default 1). With three or
+    /// four components and the load generator on a 2-core machine, one worker each behaves like one
+    /// process per component: more workers only add work-stealing migrations and cross-thread
+    /// wake-ups (BENCHMARKS.md §0).
     #[arg(long)]
     pub pipeline_threads: Option<usize>,
     /// With --spawn: envelopes buffered per Doppler subscription (the original: 1000).
@@ -385,7 +388,7 @@ impl Settings {
             dopplers: pick!(dopplers, 1).max(1),
             agent: pick!(agent, false),
             tls: pick!(tls, false),
-            pipeline_threads: pick!(pipeline_threads, 2).max(1),
+            pipeline_threads: pick!(pipeline_threads, 1).max(1),
             subscription_buffer: pick!(subscription_buffer, 1000).max(1),
             agent_buffer: pick!(agent_buffer, 10_000).max(1),
             loadgen_threads: pick!(loadgen_threads, 2).max(1),

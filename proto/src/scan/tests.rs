@@ -135,6 +135,28 @@ fn malformed_input_is_an_error_not_a_panic() {
     assert_eq!(BatchScanner::collect_all(Bytes::from(bomb)), Err(ScanError::TooDeep));
 }
 
+#[test]
+fn one_byte_key_fast_path_agrees_with_the_general_key_decode() {
+    // The same envelope with canonical one-byte keys and with over-long two-byte keys (legal varints
+    // that the fast path does not recognise): timestamp 5, source id "ab", one tag, a log.
+    let canonical = [0x08, 0x05, 0x12, 0x02, b'a', b'b', 0x4a, 0x04, 0x0a, 0x00, 0x12, 0x00, 0x22, 0x00];
+    let overlong =
+        [0x88, 0x00, 0x05, 0x92, 0x00, 0x02, b'a', b'b', 0xca, 0x00, 0x04, 0x0a, 0x00, 0x12, 0x00, 0xa2, 0x00, 0x00];
+    let a = scan_envelope(&canonical).unwrap();
+    let b = scan_envelope(&overlong).unwrap();
+    assert_eq!((a.timestamp, a.kind, a.has_tags), (5, Some(EnvelopeKind::Log), true));
+    assert_eq!((b.timestamp, b.kind, b.has_tags), (a.timestamp, a.kind, a.has_tags));
+    let a = RawEnvelope { bytes: Bytes::copy_from_slice(&canonical), meta: a };
+    let b = RawEnvelope { bytes: Bytes::copy_from_slice(&overlong), meta: b };
+    assert_eq!((a.source_id(), b.source_id()), ("ab", "ab"));
+    // A one-byte key of a known field with the wrong wire type still fails: source id as a varint,
+    // tags as fixed32.
+    assert_eq!(scan_envelope(&[0x10, 0x01]), Err(ScanError::WrongWireType));
+    assert_eq!(scan_envelope(&[0x4d, 0, 0, 0, 0]), Err(ScanError::WrongWireType));
+    // A truncated tag entry is truncation, not a silent skip.
+    assert_eq!(scan_envelope(&[0x4a, 0x05, 0x00]), Err(ScanError::Truncated));
+}
+
 // === property tests ===
 
 fn arb_string() -> impl Strategy<Value = String> {
