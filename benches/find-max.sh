@@ -16,11 +16,12 @@ while (( hi - lo > lo / 20 )); do
     loss=$(jq '.phases[-1].loss_pct' <<<"$json")
     sent=$(jq '.phases[-1].sent_per_second' <<<"$json")
     p99=$(jq '.phases[-1].latency.p99_ms' <<<"$json")
+    steal=$(jq '.phases[-1].steal_pct // 0' <<<"$json")
     if awk -v l="$loss" -v s="$sent" -v m="$mid" 'BEGIN { exit !(l < 0.1 && s >= 0.97 * m) }'; then
         verdict=ok lo=$mid
     else
         verdict=fail hi=$mid
     fi
-    printf 'rate %8d: sent %10.0f/s loss %8.4f %% p99 %8.3f ms -> %s\n' "$mid" "$sent" "$loss" "$p99" "$verdict" >&2
+    printf 'rate %8d: sent %10.0f/s loss %8.4f %% p99 %8.3f ms steal %4.1f %% -> %s\n' "$mid" "$sent" "$loss" "$p99" "$steal" "$verdict" >&2
 done
 echo "$lo"

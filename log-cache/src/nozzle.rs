@@ -119,6 +119,10 @@ impl Nozzle {
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(15))
             .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
+            .initial_stream_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
+            .initial_connection_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
+            .initial_stream_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
+            .initial_connection_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
             .keep_alive_timeout(Duration::from_secs(20));
         if let Some(tls) = &self.config.tls {
             endpoint = endpoint.tls_config(tls.client_config(&self.config.server_name)?)?;

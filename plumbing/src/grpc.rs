@@ -30,6 +30,13 @@ pub const READ_BUFFER: usize = 64 * 1024;
 /// write (and one system call) at the sender.
 pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 
+/// HTTP/2 receive window (stream and connection) of a long-lived subscription: a log-cache nozzle
+/// or a firehose client. It is what the subscriber may hold unread while its task is descheduled
+/// before the sender's per-subscriber buffer starts dropping: hyper's fixed 2 MiB default covers
+/// ~20 ms of a 300k envelopes/s stream, less than one scheduling gap of a busy 2-core machine.
+/// grpc-go, the original's transport, grows its window by BDP estimation up to the same 16 MiB.
+pub const SUBSCRIBER_WINDOW: u32 = 16 << 20;
+
 /// A TCP connection read through a [`READ_BUFFER`]-sized buffer (writes go straight through).
 pub struct BufferedStream(BufReader<TcpStream>);
 

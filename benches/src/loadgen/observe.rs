@@ -115,6 +115,32 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
+/// (steal, total) ticks of the whole machine, from the first line of `/proc/stat`. Steal is time the
+/// hypervisor ran something else while a virtual CPU wanted to run: on a shared VM it is what makes
+/// the same run slower one minute than the next.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_ticks(stat.lines().next()?)
+}
+
+fn parse_machine_ticks(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already counted in user]
+    let values: Vec<u64> = fields.take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let steal = *values.get(7)?;
+    Some((steal, values.iter().sum()))
+}
+
+/// Percentage of the machine's CPU time stolen between two [`machine_ticks`] readings.
+pub fn steal_pct(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
+    Some(s1.saturating_sub(s0) as f64 * 100.0 / total as f64)
+}
+
 /// CPU seconds of a whole process (`self` or a pid).
 pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -164,6 +190,19 @@ mod tests {
         assert_eq!(hops.len(), 1);
         assert_eq!((hops[0].ingress, hops[0].egress, hops[0].dropped_egress), (100, 90, 5));
         assert_eq!(hops[0].component, "doppler");
+    }
+
+    #[test]
+    fn steal_is_the_share_of_machine_ticks_between_readings() {
+        let before = parse_machine_ticks("cpu  100 0 50 800 10 0 5 35 0 0").expect("parses");
+        let after = parse_machine_ticks("cpu  200 0 100 1500 10 0 5 185 7 0").expect("parses");
+        assert_eq!(before, (35, 1000));
+        // 150 of the 1000 ticks since were stolen; guest time is inside user and not added twice.
+        assert_eq!(after, (185, 2000));
+        assert_eq!(steal_pct(Some(before), Some(after)), Some(15.0));
+        assert_eq!(steal_pct(Some(after), Some(after)), None);
+        assert!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8").is_none());
+        assert!(machine_ticks().is_some_and(|(steal, total)| steal <= total));
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct PhaseReport {
     pub groups: Vec<GroupReport>,
     pub hops: Vec<Hop>,
     pub cpu: Vec<CpuReport>,
+    /// Share of the machine's CPU time the hypervisor stole during the phase (`/proc/stat`): on a
+    /// shared VM, a run with high steal is slower for reasons outside the pipeline.
+    pub steal_pct: Option<f64>,
     pub memory: Vec<MemoryReport>,
     pub notes: Vec<String>,
     /// `--read-back`: what came back from the log-cache over HTTP.
@@ -262,6 +265,9 @@ impl Report {
                     .map(|c| format!("{} {:.2} s ({:.2} s/M env)", c.name, c.cpu_s, c.cpu_s_per_million))
                     .collect();
                 let _ = writeln!(out, "cpu: {}", cpu.join(", "));
+            }
+            if let Some(steal) = p.steal_pct {
+                let _ = writeln!(out, "machine: {steal:.1} % of CPU time stolen by the hypervisor during the run");
             }
             if !p.memory.is_empty() {
                 let mem: Vec<String> = p

@@ -57,6 +57,8 @@ pub struct Accounting {
 }
 
 struct CpuSnapshot {
+    /// (steal, total) ticks of the machine.
+    machine: Option<(u64, u64)>,
     process: f64,
     threads: BTreeMap<String, f64>,
     pids: Vec<Option<f64>>,
@@ -65,6 +67,7 @@ struct CpuSnapshot {
 impl CpuSnapshot {
     fn take(accounting: &Accounting) -> Self {
         Self {
+            machine: observe::machine_ticks(),
             process: observe::process_cpu_seconds("self").unwrap_or(0.0),
             threads: observe::thread_cpu_seconds(),
             pids: accounting.pids.iter().map(|(_, pid)| observe::process_cpu_seconds(&pid.to_string())).collect(),
@@ -501,6 +504,7 @@ impl Phase<'_> {
             groups,
             hops: r.hops,
             cpu,
+            steal_pct: observe::steal_pct(r.cpu_before.machine, r.cpu_after.machine),
             memory,
             notes: r.notes,
             read_back: None,

@@ -15,6 +15,8 @@ pub async fn connect(addr: &str, tls: Option<&ClientTls>) -> anyhow::Result<Chan
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(15))
         .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
+        .initial_stream_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
+        .initial_connection_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
         .keep_alive_timeout(Duration::from_secs(20));
     if let Some(tls) = tls {
         let config = tls.files.client_config(&tls.server_name).context("client TLS")?;

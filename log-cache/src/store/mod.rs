@@ -161,32 +161,66 @@ impl Entry {
 struct Source {
     /// The source id, shared with the shard's map key and pruning index.
     id: Arc<str>,
+    /// Mutated only through [`Source::insert`] and [`Source::pop_oldest`], which keep `oldest` true.
     entries: VecDeque<Entry>,
+    /// Timestamp of the front entry (meaningless when `entries` is empty). Kept here because every
+    /// insert asks for it (has the pruning index changed?) and the front entry itself is cold memory:
+    /// reading it was a cache miss per insert, the largest single cost of the store's ingest.
+    oldest: i64,
     expired: u64,
     newest: i64,
 }
 
+/// How far back from the newest entry an out-of-order insert looks before it falls back to a binary
+/// search: envelopes from several emitters arrive a few positions out of order, not far.
+const BACKWARD_PROBE: usize = 16;
+
 impl Source {
     fn new(id: Arc<str>) -> Self {
-        Self { id, entries: VecDeque::new(), expired: 0, newest: 0 }
+        Self { id, entries: VecDeque::new(), oldest: 0, expired: 0, newest: 0 }
     }
 
     fn oldest(&self) -> Option<i64> {
-        self.entries.front().map(|e| e.timestamp)
+        (!self.entries.is_empty()).then_some(self.oldest)
     }
 
     /// Inserts after every entry with a timestamp ≤ the new one: appends in the common in-order case.
     fn insert(&mut self, entry: Entry) {
-        if self.entries.is_empty() || entry.timestamp > self.newest {
-            self.newest = entry.timestamp;
+        let ts = entry.timestamp;
+        if self.entries.is_empty() {
+            self.oldest = ts;
+            self.newest = ts;
+            self.entries.push_back(entry);
+            return;
         }
-        match self.entries.back() {
-            Some(last) if last.timestamp > entry.timestamp => {
-                let at = self.entries.partition_point(|e| e.timestamp <= entry.timestamp);
-                self.entries.insert(at, entry);
-            }
-            _ => self.entries.push_back(entry),
+        if ts >= self.newest {
+            self.newest = ts;
+            self.entries.push_back(entry);
+            return;
         }
+        // Out of order: the newest entries are hot in cache, so walk back over a few of them
+        // before paying for a binary search over the whole source.
+        let len = self.entries.len();
+        let mut at = len;
+        while at > 0 && len - at < BACKWARD_PROBE && self.entries[at - 1].timestamp > ts {
+            at -= 1;
+        }
+        if at > 0 && self.entries[at - 1].timestamp > ts {
+            at = self.entries.partition_point(|e| e.timestamp <= ts);
+        }
+        if at == 0 {
+            self.oldest = ts;
+        }
+        self.entries.insert(at, entry);
+    }
+
+    /// Removes the oldest entry.
+    fn pop_oldest(&mut self) -> Option<Entry> {
+        let entry = self.entries.pop_front()?;
+        if let Some(next) = self.entries.front() {
+            self.oldest = next.timestamp;
+        }
+        Some(entry)
     }
 }
 
@@ -223,7 +257,7 @@ impl ShardInner {
             totals.added += entry.accounted_size();
             source.insert(entry);
             while source.entries.len() > max_per_source {
-                if let Some(evicted) = source.entries.pop_front() {
+                if let Some(evicted) = source.pop_oldest() {
                     totals.freed += evicted.accounted_size();
                     totals.expired += 1;
                     source.expired += 1;
@@ -492,7 +526,7 @@ impl Store {
             let Some(source) = inner.sources.get_mut(&key) else {
                 continue;
             };
-            if let Some(entry) = source.entries.pop_front() {
+            if let Some(entry) = source.pop_oldest() {
                 freed += entry.accounted_size();
                 source.expired += 1;
                 evicted += 1;

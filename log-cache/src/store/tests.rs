@@ -554,3 +554,31 @@ fn concurrent_writers_and_readers_keep_the_store_consistent() {
 fn concurrent_batch_writers_and_readers_keep_the_store_consistent() {
     concurrent_writers_and_a_reader(true);
 }
+
+#[test]
+fn out_of_order_inserts_land_in_timestamp_order_near_and_far_from_the_newest() {
+    let store = Store::new(StoreLimits::default());
+    for ts in (0..200).step_by(2) {
+        store.insert(&encode(&log("a", ts)));
+    }
+    // 197: one position back (the short backward walk); 3: far back (the binary-search fallback);
+    // -1: before everything, so the source's oldest timestamp moves; 198 again: an equal timestamp
+    // goes after the one already held.
+    for ts in [197, 3, -1, 198] {
+        store.insert(&encode(&log("a", ts)));
+    }
+    let mut source = None;
+    for shard in store.shards.iter() {
+        if let Some(s) = shard.inner.read().sources.get("a") {
+            source = Some(s.entries.iter().map(|e| e.timestamp).collect::<Vec<_>>());
+            assert_eq!(s.oldest(), Some(-1));
+        }
+    }
+    let held = source.expect("source a is stored");
+    let mut expected: Vec<i64> = (0..200).step_by(2).chain([197, 3, -1, 198]).collect();
+    expected.sort();
+    assert_eq!(held, expected);
+    let meta = store.meta();
+    assert_eq!(meta["a"].oldest_timestamp, -1);
+    assert_eq!(meta["a"].newest_timestamp, 198);
+}
