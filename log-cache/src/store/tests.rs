@@ -582,3 +582,24 @@ fn out_of_order_inserts_land_in_timestamp_order_near_and_far_from_the_newest() {
     assert_eq!(meta["a"].oldest_timestamp, -1);
     assert_eq!(meta["a"].newest_timestamp, 198);
 }
+
+#[test]
+fn sources_grow_by_their_own_factor_so_that_they_do_not_grow_in_step() {
+    let mut capacities = std::collections::BTreeSet::new();
+    for i in 0..64 {
+        let mut source = Source::new(Arc::from(format!("app-{i}")));
+        for ts in 0..3000 {
+            let before = source.entries.capacity();
+            source.insert(Entry { timestamp: ts, bytes: Bytes::new(), kind: None, name_start: 0, name_len: 0 });
+            let after = source.entries.capacity();
+            if after != before {
+                // Never more than doubling (plus the first few slots).
+                assert!(after <= (2 * before).max(8), "{before} -> {after}");
+            }
+        }
+        assert!(source.entries.len() <= source.entries.capacity());
+        capacities.insert(source.entries.capacity());
+    }
+    // After 3000 inserts the sources sit at many different capacities: their growths are not in step.
+    assert!(capacities.len() > 8, "capacities barely spread: {capacities:?}");
+}
