@@ -150,6 +150,9 @@ struct LogCacheArgs {
     /// This node's index in `--node-addr`.
     #[arg(long, env = "NODE_INDEX")]
     node_index: Option<usize>,
+    /// Answer `/api/v1/query` and `/api/v1/query_range` with 501 "Metrics not available".
+    #[arg(long, env = "PROMQL_UNIMPLEMENTED", num_args = 0..=1, default_missing_value = "true")]
+    promql_unimplemented: Option<bool>,
 }
 
 /// Reads a component's TOML config, or its defaults when no file is given.
@@ -290,6 +293,9 @@ async fn run_log_cache(args: LogCacheArgs) -> anyhow::Result<()> {
     }
     if let Some(index) = args.node_index {
         config.node_index = index;
+    }
+    if let Some(off) = args.promql_unimplemented {
+        config.promql_unimplemented = off;
     }
     if let Some(tls) = args.tls.files() {
         config.tls = Some(tls);

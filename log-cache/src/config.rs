@@ -90,6 +90,9 @@ pub struct Config {
     pub nozzle: NozzleConfig,
     pub syslog: SyslogConfig,
     pub auth: AuthConfig,
+    /// The original auth proxy's `PROMQL_UNIMPLEMENTED`: `/api/v1/query` and `/api/v1/query_range`
+    /// answer 501 "Metrics not available" (§6.8), for deployments that keep PromQL off.
+    pub promql_unimplemented: bool,
 }
 
 impl Default for Config {
@@ -110,6 +113,7 @@ impl Default for Config {
             nozzle: NozzleConfig::default(),
             syslog: SyslogConfig::default(),
             auth: AuthConfig::default(),
+            promql_unimplemented: false,
         }
     }
 }

@@ -174,6 +174,7 @@ impl LogCache {
             querier: Arc::clone(&self.querier),
             authorizer: self.authorizer.clone(),
             started,
+            promql_unimplemented: self.config.promql_unimplemented,
         });
         let http_token = token.clone();
         let http_listener = self.http;

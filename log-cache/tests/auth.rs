@@ -47,6 +47,22 @@ async fn reads_need_a_token_allowed_for_the_source() {
 }
 
 #[tokio::test]
+async fn wrong_methods_are_404_behind_auth_as_anything_else() {
+    let (cache, acl) = start_with_auth().await;
+    cache.send(vec![log_envelope("app-a", 1, "a")]).await;
+    let admin = token(&["logs.admin"], "root");
+    let auth = [("authorization", admin.as_str())];
+    for (method, path) in [("POST", "/api/v1/read/app-a"), ("DELETE", "/api/v1/meta"), ("PUT", "/api/v1/info")] {
+        let (status, _, body) = request(method, &cache.http_url(path), &auth, "").await;
+        assert_eq!((status, body.as_str()), (404, ""), "{method} {path}");
+    }
+    // The same token and paths with the right method are served.
+    assert_eq!(get(&cache.http_url("/api/v1/read/app-a?start_time=0"), &auth).await.0, 200);
+    assert_eq!(get(&cache.http_url("/api/v1/meta"), &auth).await.0, 200);
+    std::fs::remove_file(acl).ok();
+}
+
+#[tokio::test]
 async fn meta_is_filtered_and_camel_cased_for_non_admins() {
     let (cache, acl) = start_with_auth().await;
     cache.send(vec![log_envelope("app-a", 5, "a"), log_envelope("app-b", 6, "b")]).await;

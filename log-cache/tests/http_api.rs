@@ -190,6 +190,27 @@ async fn unknown_routes_are_404() {
 }
 
 #[tokio::test]
+async fn promql_unimplemented_answers_501_on_query_routes_only() {
+    let mut config = test_config();
+    config.promql_unimplemented = true;
+    let cache = start(config).await;
+    cache.send(vec![log_envelope("app", 1, "kept")]).await;
+    let expected = "{\"status\":\"error\",\"errorType\":\"bad_data\",\"error\":\"Metrics not available\"}\n";
+    for (method, path, body) in [
+        ("GET", "/api/v1/query?query=up%7Bsource_id%3D%22app%22%7D", ""),
+        ("POST", "/api/v1/query_range", "query=up&start=1&end=2&step=1"),
+    ] {
+        let (status, content_type, text) = request(method, &cache.http_url(path), &[], body).await;
+        assert_eq!((status, text.as_str()), (501, expected), "{method} {path}");
+        assert_eq!(content_type, "application/json");
+    }
+    // Everything else is served as usual.
+    let (status, _, body) = get(&cache.http_url("/api/v1/read/app?start_time=0"), &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"source_id\":\"app\""), "{body}");
+}
+
+#[tokio::test]
 async fn promql_instant_query_over_http_and_grpc() {
     let cache = start(test_config()).await;
     let now_s = log_cache::service::now_nanos() / 1_000_000_000;

@@ -260,7 +260,7 @@ pub fn scan_envelope(buf: &[u8]) -> Result<EnvelopeMeta, ScanError> {
                 pos += 1;
                 (1, WireType::Varint)
             }
-            key if key >= 8 && key < 0x80 && key & 7 == 2 => {
+            key if (8..0x80).contains(&key) && key & 7 == 2 => {
                 pos += 1;
                 (u32::from(key >> 3), WireType::Len)
             }

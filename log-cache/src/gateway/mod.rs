@@ -41,18 +41,24 @@ pub struct HttpState {
     pub authorizer: Option<Arc<Authorizer>>,
     /// When the component started (fallback for `vm_uptime`).
     pub started: Instant,
+    /// Answer PromQL routes with 501 (`Config::promql_unimplemented`).
+    pub promql_unimplemented: bool,
 }
 
 /// The gateway's routes.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let auth = state.authorizer.is_some();
+    let router = Router::new()
         .route("/api/v1/read/{*source_id}", get(read))
         .route("/api/v1/meta", get(meta))
         .route("/api/v1/query", get(query).post(query))
         .route("/api/v1/query_range", get(query_range).post(query_range))
         .route("/api/v1/info", get(info))
-        .fallback(not_found)
-        .with_state(state)
+        .fallback(not_found);
+    // Behind the original's auth proxy anything but its routes and methods is a 404 (§6.8); without
+    // auth, a known path with the wrong method keeps axum's 405, which no client depends on.
+    let router = if auth { router.method_not_allowed_fallback(not_found) } else { router };
+    router.with_state(state)
 }
 
 // === responses ===
@@ -71,6 +77,14 @@ fn not_found_empty() -> Response {
 
 async fn not_found() -> Response {
     not_found_empty()
+}
+
+/// The auth proxy's answer to PromQL routes when `PROMQL_UNIMPLEMENTED` is set (§6.8).
+fn promql_unimplemented() -> Response {
+    json_response(
+        StatusCode::NOT_IMPLEMENTED,
+        r#"{"status":"error","errorType":"bad_data","error":"Metrics not available"}"#.to_string(),
+    )
 }
 
 /// The HTTP status grpc-gateway maps a gRPC code to.
@@ -279,6 +293,9 @@ async fn query(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if state.promql_unimplemented {
+        return promql_unimplemented();
+    }
     let pairs = match query_params(&method, raw_query, body).await {
         Ok(pairs) => pairs,
         Err(rejection) => return rejection.into_response(),
@@ -300,6 +317,9 @@ async fn query_range(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if state.promql_unimplemented {
+        return promql_unimplemented();
+    }
     let pairs = match query_params(&method, raw_query, body).await {
         Ok(pairs) => pairs,
         Err(rejection) => return rejection.into_response(),
