@@ -82,5 +82,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "crate::raw::RawBytes",
         "crate::raw::RawBytes",
     ));
+    // log-cache's Egress server answers Read from the stored envelope bytes.
+    let logcache_egress = Service::builder()
+        .name("Egress")
+        .package("logcache.v1")
+        .method(method("read", "Read", "crate::logcache::v1::ReadRequest", "crate::raw::EncodedReadResponse").build())
+        .method(method("meta", "Meta", "crate::logcache::v1::MetaRequest", "crate::logcache::v1::MetaResponse").build())
+        .build();
+    Builder::new().build_client(false).out_dir(&server_dir).compile(&[logcache_egress]);
     Ok(())
 }

@@ -5,14 +5,15 @@
 
 use std::sync::Arc;
 
-use loggregator_proto::logcache::v1::egress_server::Egress;
+use bytes::Bytes;
 use loggregator_proto::logcache::v1::ingress_server::Ingress;
-use loggregator_proto::logcache::v1::{
-    MetaRequest, MetaResponse, ReadRequest, ReadResponse, SendRequest, SendResponse,
-};
+use loggregator_proto::logcache::v1::{MetaRequest, MetaResponse, ReadRequest, SendRequest, SendResponse};
+use loggregator_proto::prost::Message;
+use loggregator_proto::raw::server::logcache_egress::egress_server::Egress;
+use loggregator_proto::raw::{EncodedBatch, EncodedReadResponse};
 use tonic::{Request, Response, Status};
 
-use crate::service::{ApiError, Service};
+use crate::service::{ApiError, EncodedRead, Service};
 
 /// The one mapping of API errors to gRPC statuses (§6.2: plain UNKNOWN with the exact message).
 pub fn status(error: ApiError) -> Status {
@@ -30,8 +31,21 @@ pub struct LogCacheGrpc {
 
 #[tonic::async_trait]
 impl Egress for LogCacheGrpc {
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
-        self.service.read(request.into_inner()).await.map(Response::new).map_err(status)
+    /// Sends the stored envelopes as they were received: the response is assembled from their bytes,
+    /// never decoded and re-encoded (a read proxied to the owner node is the exception: its answer
+    /// arrives decoded and is encoded again here).
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<EncodedReadResponse>, Status> {
+        let envelopes = match self.service.read_encoded(request.into_inner()).await.map_err(status)? {
+            EncodedRead::Local(envelopes) => envelopes,
+            EncodedRead::Remote(response) => response
+                .envelopes
+                .unwrap_or_default()
+                .batch
+                .iter()
+                .map(|envelope| Bytes::from(envelope.encode_to_vec()))
+                .collect(),
+        };
+        Ok(Response::new(EncodedReadResponse { batch: EncodedBatch { envelopes } }))
     }
 
     async fn meta(&self, request: Request<MetaRequest>) -> Result<Response<MetaResponse>, Status> {

@@ -140,8 +140,50 @@ impl prost::Message for EncodedBatch {
     }
 }
 
-/// Raw v2 servers: decode [`RawBatch`], encode [`EncodedBatch`].
+/// A `logcache.v1.ReadResponse` whose batch is assembled from pre-encoded envelopes: what the
+/// log-cache's gRPC `Read` sends from its store without decoding a payload. Encodes as prost encodes
+/// a `ReadResponse` with `envelopes` set (present even when empty). Only ever sent, never decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedReadResponse {
+    pub batch: EncodedBatch,
+}
+
+impl prost::Message for EncodedReadResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_u8(BATCH_FIELD_KEY);
+        put_varint(buf, prost::Message::encoded_len(&self.batch) as u64);
+        prost::Message::encode_raw(&self.batch, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        if tag != 1 {
+            return skip_field(wire_type, tag, buf, ctx);
+        }
+        prost::encoding::message::merge(wire_type, &mut self.batch, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        let inner = prost::Message::encoded_len(&self.batch);
+        1 + varint_len(inner as u64) + inner
+    }
+
+    fn clear(&mut self) {
+        prost::Message::clear(&mut self.batch);
+    }
+}
+
+/// Raw v2 servers: decode [`RawBatch`], encode [`EncodedBatch`]; and log-cache's `Egress` server,
+/// which encodes [`EncodedReadResponse`].
 pub mod server {
+    pub mod logcache_egress {
+        include!(concat!(env!("OUT_DIR"), "/raw_server/logcache.v1.Egress.rs"));
+    }
     pub mod ingress {
         include!(concat!(env!("OUT_DIR"), "/raw_server/loggregator.v2.Ingress.rs"));
     }
@@ -182,6 +224,23 @@ mod tests {
         assert_eq!(batch.to_bytes(), Bytes::from(expected.clone()));
         let decoded = EncodedBatch::decode(&expected[..]).unwrap();
         assert_eq!(decoded, batch);
+    }
+
+    #[test]
+    fn encoded_read_response_equals_prost_encoding_of_a_read_response() {
+        use crate::logcache::v1::ReadResponse;
+        for envelopes in [vec![], vec![envelope(1, "a"), envelope(2, &"b".repeat(200))]] {
+            let mut encoded = EncodedReadResponse::default();
+            for e in &envelopes {
+                encoded.batch.push(Bytes::from(e.encode_to_vec()));
+            }
+            // An empty read still carries an (empty) batch, as the original's response does.
+            let expected = ReadResponse { envelopes: Some(EnvelopeBatch { batch: envelopes }) };
+            assert_eq!(encoded.encode_to_vec(), expected.encode_to_vec());
+            assert_eq!(encoded.encoded_len(), expected.encoded_len());
+            assert_eq!(ReadResponse::decode(&encoded.encode_to_vec()[..]).unwrap(), expected);
+            assert_eq!(EncodedReadResponse::decode(&expected.encode_to_vec()[..]).unwrap(), encoded);
+        }
     }
 
     #[test]
