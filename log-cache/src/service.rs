@@ -110,19 +110,9 @@ impl Service {
 
     // === read ===
 
-    /// §6.2: validated here, answered locally or by the owner node. A remote owner answering
-    /// UNAVAILABLE yields an empty batch.
-    pub async fn read(&self, request: ReadRequest) -> Result<ReadResponse, ApiError> {
-        Ok(match self.read_encoded(request).await? {
-            EncodedRead::Local(envelopes) => {
-                ReadResponse { envelopes: Some(EnvelopeBatch { batch: decode_all(&envelopes) }) }
-            }
-            EncodedRead::Remote(response) => response,
-        })
-    }
-
-    /// [`Service::read`] without decoding what this node stores: the HTTP gateway writes JSON
-    /// straight from the encoded envelopes.
+    /// §6.2: validated here, answered locally (still encoded: the gRPC server and the HTTP gateway
+    /// write their responses straight from the stored bytes) or by the owner node. A remote owner
+    /// answering UNAVAILABLE yields an empty batch.
     pub async fn read_encoded(&self, request: ReadRequest) -> Result<EncodedRead, ApiError> {
         let filter = ReadFilter::from_request(&request, now_nanos())?;
         if let Some(peer) = self.cluster.remote_owner(&request.source_id) {
