@@ -21,7 +21,8 @@ const PROTOS: &[&str] = &[
     "api/v1/orchestration.proto",
 ];
 
-const CODEC: &str = "tonic_prost::ProstCodec";
+/// The raw services' codec: prost's, but reserving each message's length before encoding it.
+const CODEC: &str = "crate::raw::RawCodec";
 
 fn method(name: &str, route: &str, input: &str, output: &str) -> tonic_prost_build::manual::MethodBuilder {
     Method::builder().name(name).route_name(route).input_type(input).output_type(output).codec_path(CODEC)

@@ -11,6 +11,7 @@ use loggregator_proto::events;
 use loggregator_proto::prost::Message as _;
 use loggregator_proto::raw::server::ingress::ingress_server::Ingress;
 use loggregator_proto::raw::{RawBatch, RawBytes};
+use loggregator_proto::stream::{BatchSink, BatchSource, MessageStream};
 use loggregator_proto::v2::{BatchSenderResponse, IngressResponse, SendResponse};
 use loggregator_proto::RawEnvelope;
 use plumbing::{Counter, Diode};
@@ -82,16 +83,29 @@ impl Ingress for IngressService {
         &self,
         request: Request<Streaming<RawBatch>>,
     ) -> Result<Response<BatchSenderResponse>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            self.intake.accept_batch(batch)?;
-        }
+        self.receive_batches(request.into_inner()).await?;
         Ok(Response::new(BatchSenderResponse {}))
     }
 
     async fn send(&self, request: Request<RawBatch>) -> Result<Response<SendResponse>, Status> {
         self.intake.accept_batch(request.into_inner())?;
         Ok(Response::new(SendResponse {}))
+    }
+}
+
+/// `BatchSender` as served (see [`loggregator_proto::stream::IngressRouter`]).
+impl BatchSink for IngressService {
+    async fn batch_sender(&self, batches: MessageStream) -> Result<(), Status> {
+        self.receive_batches(batches).await
+    }
+}
+
+impl IngressService {
+    async fn receive_batches(&self, mut stream: impl BatchSource) -> Result<(), Status> {
+        while let Some(batch) = stream.next_batch().await? {
+            self.intake.accept_batch(batch)?;
+        }
+        Ok(())
     }
 }
 

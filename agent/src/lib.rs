@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use loggregator_proto::raw::server::ingress::ingress_server::IngressServer;
+use loggregator_proto::stream::IngressRouter;
 use plumbing::{Counter, Diode, Gauge, Registry};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -202,7 +202,7 @@ impl Agent {
             ));
         }
 
-        let service = IngressServer::new(ingress::IngressService::new(Arc::clone(&intake)))
+        let service = IngressRouter::new(ingress::IngressService::new(Arc::clone(&intake)))
             .max_decoding_message_size(config.max_message_bytes);
         let mut builder =
             tonic::transport::Server::builder().tcp_nodelay(true).max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use loggregator_proto::raw::server::ingress::ingress_server::Ingress;
 use loggregator_proto::raw::{RawBatch, RawBytes};
+use loggregator_proto::stream::{BatchSink, BatchSource, MessageStream};
 use loggregator_proto::v2::{BatchSenderResponse, IngressResponse, SendResponse};
 use loggregator_proto::{RawEnvelope, ScanError};
 use plumbing::Counter;
@@ -86,11 +87,29 @@ impl Ingress for IngressService {
         &self,
         request: Request<Streaming<RawBatch>>,
     ) -> Result<Response<BatchSenderResponse>, Status> {
+        self.receive_batches(request.into_inner()).await?;
+        Ok(Response::new(BatchSenderResponse {}))
+    }
+
+    async fn send(&self, _request: Request<RawBatch>) -> Result<Response<SendResponse>, Status> {
+        // The original Doppler answers exactly this (§2.1); agents use BatchSender.
+        Err(Status::unimplemented("this endpoint is not yet implemented"))
+    }
+}
+
+/// `BatchSender` as served (see [`loggregator_proto::stream::IngressRouter`]).
+impl BatchSink for IngressService {
+    async fn batch_sender(&self, batches: MessageStream) -> Result<(), Status> {
+        self.receive_batches(batches).await
+    }
+}
+
+impl IngressService {
+    async fn receive_batches(&self, mut stream: impl BatchSource) -> Result<(), Status> {
         let _active = self.active.enter();
-        let mut stream = request.into_inner();
         let mut envelopes: Vec<RawEnvelope> = Vec::with_capacity(128);
         let mut staging = Staging::default();
-        while let Some(batch) = stream.message().await? {
+        while let Some(batch) = stream.next_batch().await? {
             envelopes.clear();
             for envelope in batch.scan() {
                 envelopes.push(envelope.map_err(malformed)?);
@@ -102,11 +121,6 @@ impl Ingress for IngressService {
             // allows it) can overrun a 1000-envelope subscription buffer on a busy core.
             tokio::task::yield_now().await;
         }
-        Ok(Response::new(BatchSenderResponse {}))
-    }
-
-    async fn send(&self, _request: Request<RawBatch>) -> Result<Response<SendResponse>, Status> {
-        // The original Doppler answers exactly this (§2.1); agents use BatchSender.
-        Err(Status::unimplemented("this endpoint is not yet implemented"))
+        Ok(())
     }
 }

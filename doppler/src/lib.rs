@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use loggregator_proto::raw::server::egress::egress_server::EgressServer;
-use loggregator_proto::raw::server::ingress::ingress_server::IngressServer;
+use loggregator_proto::stream::IngressRouter;
 use plumbing::{Counter, Gauge, Registry};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -114,13 +114,12 @@ impl Doppler {
         let tracker = TaskTracker::new();
         let active_ingress = Arc::new(ingress::ActiveStreams::default());
         let max_message = self.config.max_message_bytes;
-        let ingress = IngressServer::new(ingress::IngressService::new(
+        let ingress = IngressRouter::new(ingress::IngressService::new(
             Arc::clone(&self.router),
             self.metrics.ingress.clone(),
             Arc::clone(&active_ingress),
         ))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+        .max_decoding_message_size(max_message);
         let egress = EgressServer::new(egress::EgressService {
             router: Arc::clone(&self.router),
             config: self.config.clone(),

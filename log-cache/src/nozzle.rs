@@ -2,7 +2,8 @@
 //!
 //! One nozzle per configured address, shard id `log-cache` (so several log-cache nodes split the
 //! firehose instead of each getting a copy, §2.5), selectors for all five envelope types with an
-//! empty source id, `use_preferred_tags = true` (§6.10). Batches arrive as raw bytes and are scanned,
+//! empty source id, `use_preferred_tags = true` (§6.10). Batches arrive as raw bytes (slices of the
+//! HTTP/2 frames, [`loggregator_proto::stream`]) and are scanned,
 //! never decoded, on their way into the store, which takes each batch whole (`Store::insert_batch`).
 //! A failed or ended stream is reopened with a backoff that doubles from 50 ms up to `max_backoff`
 //! and resets once a batch has been received.
@@ -10,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use loggregator_proto::raw::client::egress::egress_client::EgressClient;
+use loggregator_proto::raw::RawBatch;
+use loggregator_proto::stream::batched_receiver;
 use loggregator_proto::v2::{selector, EgressBatchRequest, Selector};
 use plumbing::{Counter, Registry};
 use tokio_util::sync::CancellationToken;
@@ -121,20 +123,17 @@ impl Nozzle {
             .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
             .initial_stream_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
             .initial_connection_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
-            .initial_stream_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
-            .initial_connection_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
             .keep_alive_timeout(Duration::from_secs(20));
         if let Some(tls) = &self.config.tls {
             endpoint = endpoint.tls_config(tls.client_config(&self.config.server_name)?)?;
         }
-        let channel = tokio::select! {
+        let mut channel = tokio::select! {
             channel = plumbing::grpc::connect(&endpoint) => channel?,
             _ = token.cancelled() => return Ok(()),
         };
-        let mut client = EgressClient::new(channel).max_decoding_message_size(self.max_message_bytes);
         let request = subscription_request(&self.config.shard_id);
         let mut stream = tokio::select! {
-            response = client.batched_receiver(request) => response?.into_inner(),
+            stream = batched_receiver(&mut channel, &request, self.max_message_bytes) => stream?,
             _ = token.cancelled() => return Ok(()),
         };
         self.metrics.connects.inc();
@@ -150,7 +149,7 @@ impl Nozzle {
                 return Ok(());
             };
             *received_any = true;
-            let count = self.service.ingest_batch(batch.scan(), &mut scanned).await;
+            let count = self.service.ingest_batch(RawBatch(batch).scan(), &mut scanned).await;
             self.metrics.received.add(count as u64);
         }
     }

@@ -11,6 +11,8 @@
 //!   input plus its routing key (source id, type, counter name, gauge key-set hash), decoding nothing else.
 //! - [`raw`]: message types that carry pre-encoded bytes through tonic, and the raw v2 Ingress/Egress
 //!   services built on them: a Doppler receives and forwards envelopes without re-encoding them.
+//! - [`stream`]: gRPC message streams read off the HTTP/2 body without tonic's receive buffer, for
+//!   `BatchSender` (the agent's and the Doppler's ingress) and `BatchedReceiver` subscriptions.
 //! - [`convert`]: v2→v1 and v1→v2 conversions (§3.4, §3.5).
 //! - [`json`]: the protojson mapping of §1.5 for envelopes, batches and Log Cache responses.
 //!
@@ -24,6 +26,7 @@ pub mod convert;
 pub mod json;
 pub mod raw;
 pub mod scan;
+pub mod stream;
 pub mod wire;
 
 /// The `loggregator` packages; generated code refers to `crate::loggregator::v2`.

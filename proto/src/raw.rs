@@ -178,6 +178,55 @@ impl prost::Message for EncodedReadResponse {
     }
 }
 
+/// The codec of the raw services: prost's decoder, and an encoder that reserves a message's whole
+/// encoded length in tonic's send buffer before writing it.
+///
+/// prost's own encoder writes field by field into a buffer that starts at 8 KiB and grows by
+/// doubling, so a 35 KB batch was copied three more times while it grew (`realloc` was 1.5 % of the
+/// machine at 400k envelopes/s); its length is known beforehand, so one allocation will do.
+#[derive(Debug)]
+pub struct RawCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Default for RawCodec<T, U> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for RawCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ReservingEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ReservingEncoder(std::marker::PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+/// See [`RawCodec`].
+#[derive(Debug)]
+pub struct ReservingEncoder<T>(std::marker::PhantomData<T>);
+
+impl<T: prost::Message> tonic::codec::Encoder for ReservingEncoder<T> {
+    type Item = T;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: T, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.reserve(item.encoded_len());
+        item.encode_raw(buf);
+        Ok(())
+    }
+}
+
 /// Raw v2 servers: decode [`RawBatch`], encode [`EncodedBatch`]; and log-cache's `Egress` server,
 /// which encodes [`EncodedReadResponse`].
 pub mod server {

@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use loggregator_proto::raw::client::ingress::ingress_client::IngressClient;
-use loggregator_proto::raw::EncodedBatch;
+use loggregator_proto::raw::RawCodec;
+use loggregator_proto::v2::BatchSenderResponse;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::settings::ClientTls;
 use super::transport::connect;
-use crate::workload::{now_nanos, BatchTemplate};
+use crate::workload::{now_nanos, BatchTemplate, StampedBatch};
 
 /// Counters shared by all senders.
 #[derive(Default)]
@@ -70,9 +70,8 @@ impl Sender {
             }
             Err(_) => return StreamEnd::Deadline,
         };
-        let mut client = IngressClient::new(channel).max_encoding_message_size(10 * 1024 * 1024);
-        let (tx, rx) = mpsc::channel::<EncodedBatch>(2);
-        let call = tokio::spawn(async move { client.batch_sender(ReceiverStream::new(rx)).await });
+        let (tx, rx) = mpsc::channel::<StampedBatch>(2);
+        let call = tokio::spawn(batch_sender(channel, rx));
         let mut in_stream = 0u64;
         let mut failed = false;
         while Instant::now() < self.deadline {
@@ -125,4 +124,17 @@ impl Sender {
             StreamEnd::Deadline
         }
     }
+}
+
+/// `loggregator.v2.Ingress/BatchSender` with batches stamped as tonic encodes them (the generated
+/// clients take their message types from the proto files).
+async fn batch_sender(
+    channel: tonic::transport::Channel,
+    batches: mpsc::Receiver<StampedBatch>,
+) -> Result<tonic::Response<BatchSenderResponse>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(10 * 1024 * 1024);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    let path = http::uri::PathAndQuery::from_static("/loggregator.v2.Ingress/BatchSender");
+    let codec = RawCodec::<StampedBatch, BatchSenderResponse>::default();
+    grpc.client_streaming(tonic::Request::new(ReceiverStream::new(batches)), path, codec).await
 }
