@@ -297,7 +297,8 @@ fn map_entry_len(k: &str, v: &str) -> usize {
 /// The (key, value) entries of the `tags` map of an encoded envelope, in wire order; with
 /// `check_utf8` both are checked to be UTF-8, as a decode would.
 fn tag_pairs(buf: &[u8], check_utf8: bool) -> Result<Vec<TagPair<'_>>, ShapeError> {
-    let mut pairs = Vec::new();
+    // Room for a typical envelope's tags and the defaults, so one allocation.
+    let mut pairs = Vec::with_capacity(16);
     let mut pos = 0;
     while pos < buf.len() {
         let (field, wire_type) = read_key(buf, &mut pos)?;

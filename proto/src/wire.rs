@@ -34,21 +34,30 @@ pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
 
 #[inline(never)]
 fn read_varint_multi_byte(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
-    // With ten bytes in hand (the longest varint), one bounds check covers the whole decode and the
-    // loop unrolls: a 9-byte timestamp costs a third of the byte-by-byte loop below.
+    // With ten bytes in hand (the longest varint), the first eight are decoded as one word: find
+    // the first byte without a continuation bit, mask off what follows it, and pack the 7-bit
+    // groups with three shift-and-mask steps. A timestamp (9 bytes) and an envelope's length
+    // (2 bytes) are in every envelope, and a byte-by-byte loop was 3 % of each component's CPU.
     if let Some(bytes) = buf.get(*pos..).and_then(|rest| rest.first_chunk::<10>()) {
-        let mut value: u64 = 0;
-        for (i, &byte) in bytes.iter().enumerate() {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                if i == 9 && byte > 1 {
-                    return Err(ScanError::VarintOverflow);
-                }
-                *pos += i + 1;
-                return Ok(value);
-            }
+        let word = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+        let ends = !word & 0x8080_8080_8080_8080;
+        if ends != 0 {
+            let len = ends.trailing_zeros() as usize / 8 + 1;
+            let word = if len == 8 { word } else { word & ((1u64 << (8 * len)) - 1) };
+            *pos += len;
+            return Ok(pack_7bit_groups(word));
         }
-        return Err(ScanError::VarintOverflow);
+        let mut value = pack_7bit_groups(word) | u64::from(bytes[8] & 0x7f) << 56;
+        if bytes[8] < 0x80 {
+            *pos += 9;
+            return Ok(value);
+        }
+        if bytes[9] > 1 {
+            return Err(ScanError::VarintOverflow);
+        }
+        value |= u64::from(bytes[9]) << 63;
+        *pos += 10;
+        return Ok(value);
     }
     let mut value: u64 = 0;
     for i in 0..10 {
@@ -65,6 +74,16 @@ fn read_varint_multi_byte(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError>
         }
     }
     Err(ScanError::VarintOverflow)
+}
+
+/// The low 7 bits of each of the eight bytes of `word`, packed into 56 bits (little-endian order).
+#[inline(always)]
+fn pack_7bit_groups(word: u64) -> u64 {
+    let x = word & 0x7f7f_7f7f_7f7f_7f7f;
+    // Pairs of bytes into 14-bit groups, then pairs of those into 28, then into 56.
+    let x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
+    let x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
+    ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0000_0000_0fff_ffff)
 }
 
 /// Reads a field key, returning (field number, wire type).
@@ -210,6 +229,37 @@ mod tests {
         over.extend_from_slice(&[0; 4]);
         let mut pos = 0;
         assert_eq!(read_varint(&over, &mut pos), Err(ScanError::VarintOverflow));
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all, with or without ten in hand: the same value and length as prost, or
+        /// an error where prost errs.
+        #[test]
+        fn varints_decode_as_prost_decodes_them(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..14)) {
+            let mut pos = 0;
+            let ours = read_varint(&bytes, &mut pos);
+            let mut theirs_buf = &bytes[..];
+            let theirs = prost::encoding::decode_varint(&mut theirs_buf);
+            match (ours, theirs) {
+                (Ok(a), Ok(b)) => {
+                    proptest::prop_assert_eq!(a, b);
+                    proptest::prop_assert_eq!(pos, bytes.len() - theirs_buf.len());
+                }
+                (Err(_), Err(_)) => {}
+                (a, b) => proptest::prop_assert!(false, "ours {:?}, prost {:?}", a, b),
+            }
+        }
+
+        #[test]
+        fn every_value_round_trips_with_any_bytes_behind_it(value in proptest::prelude::any::<u64>(), tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)) {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            let len = out.len();
+            out.extend_from_slice(&tail);
+            let mut pos = 0;
+            proptest::prop_assert_eq!(read_varint(&out, &mut pos).unwrap(), value);
+            proptest::prop_assert_eq!(pos, len);
+        }
     }
 
     #[test]
