@@ -93,8 +93,8 @@ fn fanout(c: &mut Criterion) {
             let mut staging = Staging::default();
             b.iter_batched(
                 || batch.clone(),
-                |batch| {
-                    router.table().route_batch(&batch, &mut staging);
+                |mut batch| {
+                    router.table().route_batch(&mut batch, &mut staging);
                     for s in &subs {
                         out.clear();
                         s.diode.pop_batch(&mut out, 100);

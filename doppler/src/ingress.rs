@@ -114,8 +114,8 @@ impl IngressService {
             for envelope in batch.scan() {
                 envelopes.push(envelope.map_err(malformed)?);
             }
-            self.router.table().route_batch(&envelopes, &mut staging);
             self.ingress.add(envelopes.len() as u64);
+            self.router.table().route_batch(&mut envelopes, &mut staging);
             // Let the subscriptions' egress tasks drain before routing the next batch: h2 often
             // holds many batches already received, and routing them all in one go (tokio's budget
             // allows it) can overrun a 1000-envelope subscription buffer on a busy core.

@@ -221,8 +221,10 @@ fn batched_routing_delivers_what_single_routing_does() {
     }
     let (batched, batched_subs) = build();
     let mut staging = Staging::default();
-    batched.table().route_batch(&batch[..30], &mut staging);
-    batched.table().route_batch(&batch[30..], &mut staging);
+    batched.table().route_batch(&mut batch[..30].to_vec(), &mut staging);
+    let mut rest = batch[30..].to_vec();
+    batched.table().route_batch(&mut rest, &mut staging);
+    assert!(rest.is_empty(), "routing takes the envelopes");
     for (a, b) in single_subs.iter().zip(&batched_subs) {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         a.diode.pop_batch(&mut x, usize::MAX);
