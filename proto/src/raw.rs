@@ -2,7 +2,8 @@
 //!
 //! The raw services have the same package, service and method names as the generated ones, so the
 //! same paths on the wire (`/loggregator.v2.Ingress/BatchSender`); only the Rust types differ:
-//! - [`RawBatch`] decodes a whole `EnvelopeBatch` as one `Bytes` (a slice of tonic's receive buffer),
+//! - [`RawBatch`] decodes a whole `EnvelopeBatch` as one `Bytes` (a slice of the receive buffer;
+//!   the hot paths read it through [`crate::stream`] instead of tonic's decoder, which copies),
 //!   for [`crate::scan::BatchScanner`] to walk.
 //! - [`EncodedBatch`] encodes an `EnvelopeBatch` by writing each pre-encoded envelope behind its field
 //!   key and length, straight into tonic's send buffer: no envelope is ever re-encoded.
