@@ -85,23 +85,21 @@ where
     /// The next message; `None` once the stream has ended cleanly.
     pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
         loop {
-            if self.partial.is_empty() {
-                if let Some(message) = self.split_from_chunk()? {
-                    return Ok(Some(message));
-                }
-                // What is left of the frame starts a message that continues in the next one.
+            let message = if self.partial.is_empty() { self.split_from_chunk()? } else { self.fill_partial()? };
+            if let Some(message) = message {
+                return Ok(Some(message));
+            }
+            // What is left of the frame starts a message that continues in the next one.
+            if !self.chunk.is_empty() {
                 self.partial.extend_from_slice(&self.chunk);
                 self.chunk = Bytes::new();
-            } else if let Some(message) = self.split_from_partial()? {
-                return Ok(Some(message));
             }
             if self.done {
                 return self.end();
             }
             match std::future::poll_fn(|cx| Pin::new(&mut self.body).poll_frame(cx)).await {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if self.partial.is_empty() => self.chunk = data,
-                    Ok(data) => self.partial.extend_from_slice(&data),
+                    Ok(data) => self.chunk = data,
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             self.done = true;
@@ -165,19 +163,33 @@ where
         Ok(Some(self.chunk.split_to(len)))
     }
 
-    /// A whole message from the assembly buffer.
-    fn split_from_partial(&mut self) -> Result<Option<Bytes>, Status> {
+    /// Completes the message being assembled with what it still lacks from the current frame, and
+    /// no more: the rest of the frame stays where it is, for the messages after it to be sliced.
+    fn fill_partial(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.partial.len() < HEADER {
+            self.take_from_chunk(HEADER - self.partial.len());
+        }
         let Some(len) = self.message_len(&self.partial)? else {
             return Ok(None);
         };
-        if self.partial.len() < HEADER + len {
+        let whole = HEADER + len;
+        if self.partial.len() < whole {
             // Room for the whole message at once, rather than growing frame by frame.
-            self.partial.reserve(HEADER + len - self.partial.len());
+            self.partial.reserve(whole - self.partial.len());
+            self.take_from_chunk(whole - self.partial.len());
+        }
+        if self.partial.len() < whole {
             return Ok(None);
         }
-        let mut message = self.partial.split_to(HEADER + len).freeze();
+        let mut message = self.partial.split().freeze();
         message.advance(HEADER);
         Ok(Some(message))
+    }
+
+    fn take_from_chunk(&mut self, wanted: usize) {
+        let n = wanted.min(self.chunk.len());
+        self.partial.extend_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
     }
 
     /// The length of the message whose header starts `buf`, once the header is all there.
@@ -465,6 +477,19 @@ mod tests {
                 assert_eq!(messages, vec![&b"alpha"[..], &[7u8; 300][..], b"omega"], "cuts at {cut1}, {cut2}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn after_an_assembled_message_the_rest_of_the_frame_is_sliced_again() {
+        let first = framed(&[1u8; 100]);
+        let mut second_frame = first[60..].to_vec();
+        second_frame.extend(framed(b"sliced"));
+        let second_frame = Bytes::from(second_frame);
+        let range = second_frame.as_ptr_range();
+        let frames = vec![data(first[..60].to_vec()), data(second_frame.clone())];
+        let messages = collect(&mut stream(Side::Server, frames)).await.unwrap();
+        assert_eq!(messages, vec![&[1u8; 100][..], b"sliced"]);
+        assert!(range.contains(&messages[1].as_ptr()), "the message after the assembled one was copied");
     }
 
     #[tokio::test]
