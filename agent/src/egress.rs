@@ -23,10 +23,11 @@ use futures::Stream;
 use loggregator_proto::raw::client::ingress::ingress_client::IngressClient;
 use loggregator_proto::raw::EncodedBatch;
 use parking_lot::Mutex;
+use plumbing::tls::ClientTls;
 use plumbing::{Counter, Diode};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 // === impl DopplerPool ===
 
@@ -209,7 +210,7 @@ pub struct ConnectionSettings {
     pub stream_max_age: Duration,
     pub stream_max_envelopes: u64,
     pub max_message_bytes: usize,
-    pub tls: Option<ClientTlsConfig>,
+    pub tls: Option<ClientTls>,
     pub grace: Duration,
 }
 
@@ -279,17 +280,14 @@ impl Connection {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
-        let scheme = if self.settings.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
+        // TLS is done by our connector (`plumbing::grpc`), so tonic sees a plain endpoint.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(1))
             // Go clients ping every 15 s; a Doppler must tolerate it (§2.7) and we do the same.
             .http2_keep_alive_interval(Duration::from_secs(15))
             .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
             .keep_alive_timeout(Duration::from_secs(20));
-        if let Some(tls) = &self.settings.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
-        }
-        plumbing::grpc::connect(&endpoint).await
+        plumbing::grpc::connect(&endpoint, self.settings.tls.clone()).await
     }
 
     /// One `BatchSender` call: sends batches until a limit, shutdown, or failure.

@@ -97,8 +97,8 @@ impl Metrics {
 /// A bound agent, ready to serve.
 pub struct Agent {
     config: Config,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    doppler_tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    doppler_tls: Option<plumbing::tls::ClientTls>,
     listener: TcpListener,
     udp: Option<UdpSocket>,
     addrs: Addrs,
@@ -111,9 +111,9 @@ impl Agent {
         if config.dopplers.is_empty() {
             return Err(StartError::Config("dopplers: at least one doppler address is required".into()));
         }
-        let tls = config.tls.as_ref().map(|f| f.server_config()).transpose()?;
+        let tls = config.tls.as_ref().map(|f| f.grpc_server_config()).transpose()?;
         let doppler_tls =
-            config.doppler_tls.as_ref().map(|f| f.client_config(&config.doppler_server_name)).transpose()?;
+            config.doppler_tls.as_ref().map(|f| f.grpc_client_config(&config.doppler_server_name)).transpose()?;
         let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
         let listener = TcpListener::bind(config.grpc_addr).await.map_err(bind_err("gRPC", config.grpc_addr))?;
         let grpc = listener.local_addr().map_err(bind_err("gRPC", config.grpc_addr))?;
@@ -206,15 +206,12 @@ impl Agent {
             .max_decoding_message_size(config.max_message_bytes);
         let mut builder =
             tonic::transport::Server::builder().tcp_nodelay(true).max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);
-        if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls)?;
-        }
         tracing::info!(grpc = %self.addrs.grpc, udp = ?self.addrs.udp, dopplers = ?pool.addrs(), "agent serving");
         let grace = config.shutdown_grace;
         let served = tokio::select! {
             result = builder
                 .add_service(service)
-                .serve_with_incoming_shutdown(plumbing::grpc::incoming(self.listener), ingress_token.clone().cancelled_owned()) => result,
+                .serve_with_incoming_shutdown(plumbing::grpc::incoming(self.listener, self.tls), ingress_token.clone().cancelled_owned()) => result,
             _ = async { ingress_token.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("agent ingress streams did not end within the grace period");
                 Ok(())

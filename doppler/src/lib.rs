@@ -78,7 +78,7 @@ impl Metrics {
 /// A bound Doppler, ready to serve.
 pub struct Doppler {
     config: Config,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     listener: TcpListener,
     addrs: Addrs,
     router: Arc<Router>,
@@ -88,7 +88,7 @@ pub struct Doppler {
 impl Doppler {
     /// Binds the gRPC listener (so `127.0.0.1:0` works) and registers metrics; serves nothing yet.
     pub async fn bind(config: Config, registry: &Registry) -> Result<Self, StartError> {
-        let tls = config.tls.as_ref().map(|files| files.server_config()).transpose()?;
+        let tls = config.tls.as_ref().map(|files| files.grpc_server_config()).transpose()?;
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|source| StartError::Bind { addr: config.grpc_addr, source })?;
@@ -137,14 +137,11 @@ impl Doppler {
             .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
             .tcp_nodelay(true)
             .max_concurrent_streams(self.config.max_streams_per_connection);
-        if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls)?;
-        }
         let grace = self.config.shutdown_grace;
-        let serve = builder
-            .add_service(ingress)
-            .add_service(egress)
-            .serve_with_incoming_shutdown(plumbing::grpc::incoming(self.listener), token.clone().cancelled_owned());
+        let serve = builder.add_service(ingress).add_service(egress).serve_with_incoming_shutdown(
+            plumbing::grpc::incoming(self.listener, self.tls),
+            token.clone().cancelled_owned(),
+        );
         tracing::info!(addr = %self.addrs.grpc, "doppler serving");
         tokio::select! {
             result = serve => result?,

@@ -74,7 +74,7 @@ impl Cluster {
             return Ok(Self::single());
         }
         let tls = match &config.tls {
-            Some(files) => Some(files.client_config(LOG_CACHE_SERVER_NAME)?),
+            Some(files) => Some(files.grpc_client_config(LOG_CACHE_SERVER_NAME)?),
             None => None,
         };
         let mut peers = Vec::with_capacity(config.node_addrs.len());
@@ -83,18 +83,13 @@ impl Cluster {
                 peers.push(None);
                 continue;
             }
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            // TLS is done by our connector (`plumbing::grpc`), so tonic sees a plain endpoint.
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(|e| ClusterError::Address { addr: addr.clone(), reason: e.to_string() })?
                 .connect_timeout(Duration::from_secs(5))
                 .timeout(PEER_REQUEST_TIMEOUT)
                 .tcp_nodelay(true);
-            if let Some(tls) = &tls {
-                endpoint = endpoint
-                    .tls_config(tls.clone())
-                    .map_err(|e| ClusterError::Address { addr: addr.clone(), reason: e.to_string() })?;
-            }
-            let channel = endpoint.connect_lazy();
+            let channel = plumbing::grpc::connect_lazy(&endpoint, tls.clone());
             let max = config.max_message_bytes;
             peers.push(Some(Peer {
                 addr: addr.clone(),

@@ -116,7 +116,7 @@ impl LogCache {
         config.validate()?;
         let memory_limit_bytes = config.memory_limit()?;
         if let Some(tls) = &config.tls {
-            tls.server_config()?;
+            tls.grpc_server_config()?;
         }
         if let Some(tls) = &config.syslog.tls {
             tls.rustls_server_config()?;
@@ -260,11 +260,9 @@ impl GrpcParts {
             .max_encoding_message_size(max);
         let mut builder =
             tonic::transport::Server::builder().tcp_nodelay(true).max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);
-        if let Some(tls) = &self.config.tls {
-            // Validated in bind; if a file changed since, refuse to serve rather than serve plaintext.
-            builder = builder.tls_config(tls.server_config()?)?;
-        }
-        let incoming = plumbing::grpc::incoming(self.listener);
+        // Validated in bind; if a file changed since, refuse to serve rather than serve plaintext.
+        let tls = self.config.tls.as_ref().map(|tls| tls.grpc_server_config()).transpose()?;
+        let incoming = plumbing::grpc::incoming(self.listener, tls);
         tracing::info!(grpc = %self.addrs.grpc, http = %self.addrs.http, syslog = ?self.addrs.syslog, "log-cache serving");
         let grace = self.config.shutdown_grace;
         let serve = builder

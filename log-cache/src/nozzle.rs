@@ -115,8 +115,8 @@ impl Nozzle {
     }
 
     async fn subscribe_once(&self, token: &CancellationToken, received_any: &mut bool) -> Result<(), NozzleError> {
-        let scheme = if self.config.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+        // TLS is done by our connector (`plumbing::grpc`), so tonic sees a plain endpoint.
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| NozzleError::Address(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(15))
@@ -124,11 +124,9 @@ impl Nozzle {
             .initial_stream_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
             .initial_connection_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
             .keep_alive_timeout(Duration::from_secs(20));
-        if let Some(tls) = &self.config.tls {
-            endpoint = endpoint.tls_config(tls.client_config(&self.config.server_name)?)?;
-        }
+        let tls = self.config.tls.as_ref().map(|tls| tls.grpc_client_config(&self.config.server_name)).transpose()?;
         let mut channel = tokio::select! {
-            channel = plumbing::grpc::connect(&endpoint) => channel?,
+            channel = plumbing::grpc::connect(&endpoint, tls) => channel?,
             _ = token.cancelled() => return Ok(()),
         };
         let request = subscription_request(&self.config.shard_id);

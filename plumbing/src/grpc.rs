@@ -9,11 +9,18 @@
 //!   here reads through a 64 KiB buffer instead: one system call per 64 KiB, and rustls takes its
 //!   4 KiB steps from memory.
 //!
+//! - With TLS configured, connections are [`TlsStream`]s (our own record layer over rustls's
+//!   handshake) rather than tonic's tokio-rustls streams: tonic is given plain `http://` endpoints
+//!   and already-secured connections. Handshakes run in their own tasks, so a slow or hostile
+//!   client never holds up the accept loop.
+//!
 //! Servers and clients also announce a larger [`MAX_FRAME_SIZE`].
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -21,6 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::tls::ClientTls;
+use crate::tls_stream::TlsStream;
 
 /// Bytes read from the socket at a time.
 pub const READ_BUFFER: usize = 64 * 1024;
@@ -86,25 +96,153 @@ impl Connected for BufferedStream {
     }
 }
 
-/// The incoming connections of an already-bound listener: `TCP_NODELAY` set, reads buffered.
-pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<BufferedStream>> + Send + 'static {
-    TcpIncoming::from(listener).with_nodelay(Some(true)).map(|accepted| accepted.map(BufferedStream::new))
+/// A connection of a gRPC server or client: plain TCP read through a buffer, or TLS.
+pub enum Conn {
+    Plain(BufferedStream),
+    Tls(Box<TlsStream>),
 }
 
-/// Connects `endpoint` over a buffered, `TCP_NODELAY` connection. TLS, timeouts and keepalives
-/// configured on the endpoint apply as with [`Endpoint::connect`].
-pub async fn connect(endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
-    endpoint.connect_with_connector(tower::service_fn(dial)).await
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
 }
 
-async fn dial(uri: Uri) -> io::Result<TokioIo<BufferedStream>> {
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Conn::Plain(s) => s.connect_info(),
+            Conn::Tls(s) => s.tcp().connect_info(),
+        }
+    }
+}
+
+/// Concurrent TLS handshakes a server runs before it stops accepting.
+const MAX_HANDSHAKES: usize = 256;
+
+/// The incoming connections of an already-bound listener: `TCP_NODELAY` set, reads buffered, and
+/// with `tls`, handshaken (mutual TLS as the config requires). A failed handshake is logged and
+/// dropped; the server goes on serving everyone else.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    let accepted = TcpIncoming::from(listener).with_nodelay(Some(true));
+    match tls {
+        None => accepted.map(|accepted| accepted.map(|s| Conn::Plain(BufferedStream::new(s)))).left_stream(),
+        Some(config) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(MAX_HANDSHAKES);
+            let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+            tokio::spawn(async move {
+                let mut accepted = std::pin::pin!(accepted);
+                loop {
+                    let stream = tokio::select! {
+                        next = accepted.next() => match next {
+                            Some(Ok(stream)) => stream,
+                            Some(Err(err)) => {
+                                tracing::debug!(%err, "accept failed");
+                                continue;
+                            }
+                            None => return,
+                        },
+                        _ = tx.closed() => return,
+                    };
+                    let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+                    let (tx, config) = (tx.clone(), config.clone());
+                    tokio::spawn(async move {
+                        let peer = stream.peer_addr().ok();
+                        match TlsStream::accept(stream, config).await {
+                            Ok(tls) => {
+                                drop(permit);
+                                let _ = tx.send(Conn::Tls(Box::new(tls))).await;
+                            }
+                            Err(err) => tracing::info!(?peer, %err, "TLS handshake failed"),
+                        }
+                    });
+                }
+            });
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok).right_stream()
+        }
+    }
+}
+
+/// Connects `endpoint` (an `http://` URI) over a buffered, `TCP_NODELAY` connection, secured with
+/// `tls` when given. Timeouts and keepalives configured on the endpoint apply as with
+/// [`Endpoint::connect`].
+pub async fn connect(endpoint: &Endpoint, tls: Option<ClientTls>) -> Result<Channel, tonic::transport::Error> {
+    endpoint
+        .connect_with_connector(tower::service_fn(move |uri: Uri| {
+            let tls = tls.clone();
+            async move { dial(uri, tls).await }
+        }))
+        .await
+}
+
+/// Like [`connect`], but the connection is made on first use (and remade after it fails).
+pub fn connect_lazy(endpoint: &Endpoint, tls: Option<ClientTls>) -> Channel {
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+        let tls = tls.clone();
+        async move { dial(uri, tls).await }
+    }))
+}
+
+async fn dial(uri: Uri, tls: Option<ClientTls>) -> io::Result<TokioIo<Conn>> {
     let host = uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
     // An IPv6 literal comes bracketed in a URI.
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
     let stream = TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
-    Ok(TokioIo::new(BufferedStream::new(stream)))
+    Ok(TokioIo::new(match tls {
+        None => Conn::Plain(BufferedStream::new(stream)),
+        Some(tls) => Conn::Tls(Box::new(TlsStream::connect(stream, tls.config, tls.server_name).await?)),
+    }))
 }
 
 #[cfg(test)]
@@ -116,10 +254,10 @@ mod tests {
     async fn buffered_connections_carry_bytes_both_ways_with_nodelay() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut accepted = Box::pin(incoming(listener));
+        let mut accepted = Box::pin(incoming(listener, None));
         let client = tokio::spawn(async move {
             // Held open until the end of the task, so it is surely the first accepted connection.
-            let _dialled = dial(format!("http://{addr}").parse().unwrap()).await.unwrap();
+            let _dialled = dial(format!("http://{addr}").parse().unwrap(), None).await.unwrap();
             let mut raw = TcpStream::connect(addr).await.unwrap();
             let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
             raw.write_all(&payload).await.unwrap();
@@ -127,9 +265,9 @@ mod tests {
             payload
         });
         // The first accepted connection is the dialled one; it carries nothing.
-        let first = accepted.next().await.unwrap().unwrap();
+        let Conn::Plain(first) = accepted.next().await.unwrap().unwrap() else { panic!("plain") };
         assert!(first.0.get_ref().nodelay().unwrap());
-        let mut second = accepted.next().await.unwrap().unwrap();
+        let Conn::Plain(mut second) = accepted.next().await.unwrap().unwrap() else { panic!("plain") };
         assert!(second.0.get_ref().nodelay().unwrap());
         assert_eq!(second.connect_info().local_addr(), Some(addr));
         let mut got = Vec::new();

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_stream;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;

@@ -22,6 +22,14 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
+/// What a gRPC client needs to open [`TlsStream`](crate::tls_stream::TlsStream)s to one kind of server.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server's certificate must carry (`doppler`, `log-cache`, ...).
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
@@ -109,6 +117,42 @@ impl TlsFiles {
         Ok(Arc::new(config))
     }
 
+    /// The rustls server config of a gRPC server whose connections are [`TlsStream`]s: HTTP/2 by
+    /// ALPN, secrets extractable for our own record layer, and no session tickets (we would have
+    /// to send them after the handshake, and our clients do not resume).
+    ///
+    /// [`TlsStream`]: crate::tls_stream::TlsStream
+    pub fn grpc_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = Arc::unwrap_or_clone(self.rustls_server_config()?);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.enable_secret_extraction = true;
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
+    }
+
+    /// The rustls client config of a gRPC client whose connections are [`TlsStream`]s: presents
+    /// our certificate, trusts only the CA, offers HTTP/2 by ALPN.
+    ///
+    /// [`TlsStream`]: crate::tls_stream::TlsStream
+    pub fn grpc_client_config(&self, server_name: &str) -> Result<ClientTls, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in pem_certs(&self.ca_file)? {
+            roots.add(ca).map_err(|e| TlsError::Config(e.to_string()))?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(self.certs()?, self.key()?)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.enable_secret_extraction = true;
+        config.resumption = rustls::client::Resumption::disabled();
+        let server_name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| TlsError::Config(format!("server name {server_name:?}: {e}")))?;
+        Ok(ClientTls { config: Arc::new(config), server_name })
+    }
+
     fn certs(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
         pem_certs(&self.cert_file)
     }
@@ -129,6 +173,18 @@ fn pem_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'stati
         return Err(TlsError::Pem { path: path.to_path_buf(), reason: "no certificate".into() });
     }
     Ok(certs)
+}
+
+/// Certificates and keys from PEM files, for tests that build their own rustls configs.
+#[cfg(test)]
+pub(crate) fn tests_support_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    pem_certs(path).expect("test certificates")
+}
+
+#[cfg(test)]
+pub(crate) fn tests_support_key(path: &Path) -> rustls::pki_types::PrivateKeyDer<'static> {
+    let pem = read(path).expect("test key");
+    rustls_pemfile::private_key(&mut &pem[..]).expect("test key").expect("test key")
 }
 
 #[cfg(test)]

@@ -297,7 +297,7 @@ impl Pipeline {
         let pki = settings.tls.then(|| TestPki::new(&["doppler", "metron"]));
         let received = Arc::new(AtomicU64::new(0));
         let sink = NullIngress { received: Arc::clone(&received) };
-        let server_tls = pki.as_ref().map(|p| p.server_files().server_config()).transpose()?;
+        let server_tls = pki.as_ref().map(|p| p.server_files().grpc_server_config()).transpose()?;
         let (component, addr) =
             Component::start("null", "null", settings.pipeline_threads, Registry::new(), |stop| async move {
                 let listener = tokio::net::TcpListener::bind(loopback()).await?;
@@ -305,13 +305,10 @@ impl Pipeline {
                 let mut builder = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);
-                if let Some(tls) = server_tls {
-                    builder = builder.tls_config(tls)?;
-                }
                 let service = IngressServer::new(sink).max_decoding_message_size(10 * 1024 * 1024);
                 // The components' own accept path (nodelay, buffered reads), so the baseline is the
                 // same transport with nothing behind it.
-                let incoming = plumbing::grpc::incoming(listener);
+                let incoming = plumbing::grpc::incoming(listener, server_tls);
                 let serve = builder.add_service(service).serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.await;
                 });
