@@ -40,19 +40,16 @@ impl Intake {
     }
 
     /// Scans and shapes a whole batch first, so a malformed batch is refused whole rather than
-    /// half-accepted; then pushes it into the diode in one go.
-    fn accept_batch(&self, batch: RawBatch) -> Result<(), Status> {
-        let shaped: Result<Vec<Bytes>, Status> = batch
-            .scan()
-            .map(|envelope| {
-                let envelope =
-                    envelope.map_err(|e| Status::invalid_argument(format!("malformed envelope batch: {e}")))?;
-                self.shaper.shape(envelope).map_err(|e| Status::invalid_argument(e.to_string()))
-            })
-            .collect();
-        let shaped = shaped?;
-        self.ingress.add(shaped.len() as u64);
-        self.dropped.add(self.diode.push_many(shaped));
+    /// half-accepted; then pushes it into the diode in one go. `scratch` is the caller's, reused
+    /// from batch to batch so a stream allocates it once.
+    fn accept_batch(&self, batch: RawBatch, scratch: &mut Vec<Bytes>) -> Result<(), Status> {
+        scratch.clear();
+        for envelope in batch.scan() {
+            let envelope = envelope.map_err(|e| Status::invalid_argument(format!("malformed envelope batch: {e}")))?;
+            scratch.push(self.shaper.shape(envelope).map_err(|e| Status::invalid_argument(e.to_string()))?);
+        }
+        self.ingress.add(scratch.len() as u64);
+        self.dropped.add(self.diode.push_many(scratch.drain(..)));
         Ok(())
     }
 }
@@ -88,7 +85,7 @@ impl Ingress for IngressService {
     }
 
     async fn send(&self, request: Request<RawBatch>) -> Result<Response<SendResponse>, Status> {
-        self.intake.accept_batch(request.into_inner())?;
+        self.intake.accept_batch(request.into_inner(), &mut Vec::new())?;
         Ok(Response::new(SendResponse {}))
     }
 }
@@ -102,8 +99,9 @@ impl BatchSink for IngressService {
 
 impl IngressService {
     async fn receive_batches(&self, mut stream: impl BatchSource) -> Result<(), Status> {
+        let mut scratch = Vec::new();
         while let Some(batch) = stream.next_batch().await? {
-            self.intake.accept_batch(batch)?;
+            self.intake.accept_batch(batch, &mut scratch)?;
         }
         Ok(())
     }
