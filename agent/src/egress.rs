@@ -163,20 +163,28 @@ pub async fn run_dispatcher(
     batch_size: usize,
     shutdown: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            _ = diode.wait_for_data() => {}
-            _ = shutdown.cancelled() => break,
-        }
+    // An envelope that would have taken the last batch past `MAX_BATCH_BYTES` opens the next.
+    let mut carry = None;
+    let take = |carry: &mut Option<Bytes>| {
         let mut batch = EncodedBatch::with_capacity(batch_size);
-        diode.pop_batch(&mut batch.envelopes, batch_size);
+        let (max_bytes, len) = (plumbing::grpc::MAX_BATCH_BYTES, plumbing::grpc::batch_entry_len);
+        diode.pop_batch_within(&mut batch.envelopes, batch_size, max_bytes, len, carry);
+        batch
+    };
+    loop {
+        if carry.is_none() {
+            tokio::select! {
+                _ = diode.wait_for_data() => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let batch = take(&mut carry);
         if !batch.is_empty() && queue.send(batch).await.is_err() {
             return;
         }
     }
-    while !diode.is_empty() {
-        let mut batch = EncodedBatch::with_capacity(batch_size);
-        diode.pop_batch(&mut batch.envelopes, batch_size);
+    while carry.is_some() || !diode.is_empty() {
+        let batch = take(&mut carry);
         if queue.send(batch).await.is_err() {
             return;
         }

@@ -138,6 +138,43 @@ async fn every_envelope_sent_to_the_agent_reaches_the_subscriber_unchanged() {
     doppler.shutdown().await;
 }
 
+/// Large envelopes: a hundred of them would make a batch past every receiver's limit (the
+/// Doppler's 10 MiB, a default gRPC client's 4 MiB), so batches are cut by size as well as count.
+/// The Doppler comes up only after the agent holds them all, so the agent's batches are as full
+/// as they can be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_envelopes_travel_in_batches_every_receiver_accepts() {
+    // A free port for the Doppler-to-be.
+    let doppler_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (agent, _) = start_agent(agent_config(&[doppler_addr])).await;
+
+    const N: u64 = 200;
+    let big = |i: u64| {
+        let mut e = log_envelope(i);
+        e.message = Some(Message::Log(v2::Log { payload: Bytes::from(vec![b'x'; 300_000 + i as usize]), r#type: 0 }));
+        e
+    };
+    // Ten per request (3 MB), within the agent's 10 MiB limit.
+    let mut client = IngressClient::new(channel(agent.addr).await);
+    let all: Vec<Envelope> = (0..N).map(big).collect();
+    let batches: Vec<EnvelopeBatch> = all.chunks(10).map(|c| EnvelopeBatch { batch: c.to_vec() }).collect();
+    client.batch_sender(futures::stream::iter(batches)).await.expect("agent accepts the stream");
+    assert!(wait_until(DEADLINE, || agent.metric("ingress", &[]) == N).await);
+
+    // Every batch the agent makes must be one the Doppler accepts (the Doppler's own batches to
+    // subscribers are cut the same way: `Diode::pop_batch_within`).
+    let doppler = start_doppler(doppler_config(&doppler_addr.to_string())).await;
+    assert!(
+        wait_until(DEADLINE, || doppler.metric("ingress", &[]) == N).await,
+        "doppler got {}",
+        doppler.metric("ingress", &[])
+    );
+    assert_eq!(agent.metric("egress", &[]), N);
+    assert_eq!(agent.metric("dropped", &[]), 0);
+    agent.shutdown().await;
+    doppler.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_send_and_udp_ingress_all_reach_the_doppler() {
     let (doppler, seen, count) = doppler_with_log_subscriber().await;

@@ -7,6 +7,7 @@
 //!
 //! Batches are assembled from the envelopes' original bytes (`EncodedBatch`): never re-encoded.
 
+use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -107,6 +108,7 @@ impl Egress for EgressService {
             shutdown: self.shutdown.clone(),
             active_ingress: Arc::clone(&self.active_ingress),
             grace: self.config.shutdown_grace,
+            carry: None,
         };
         self.tracker.spawn(async move {
             let _registration = registration;
@@ -124,15 +126,19 @@ struct EgressTask {
     shutdown: CancellationToken,
     active_ingress: Arc<ActiveStreams>,
     grace: std::time::Duration,
+    /// The envelope that would have taken the last batch past `MAX_BATCH_BYTES`; it opens the next.
+    carry: Option<Bytes>,
 }
 
 impl EgressTask {
-    async fn run(self) {
+    async fn run(mut self) {
         loop {
-            tokio::select! {
-                _ = self.subscriber.diode.wait_for_data() => {}
-                _ = self.tx.closed() => return,
-                _ = self.shutdown.cancelled() => break,
+            if self.carry.is_none() {
+                tokio::select! {
+                    _ = self.subscriber.diode.wait_for_data() => {}
+                    _ = self.tx.closed() => return,
+                    _ = self.shutdown.cancelled() => break,
+                }
             }
             if !self.send_available().await {
                 return;
@@ -140,7 +146,7 @@ impl EgressTask {
         }
         // Shutdown: let ingress streams finish (bounded), then flush what is buffered and end the stream.
         let _ = tokio::time::timeout(self.grace, self.active_ingress.wait_idle()).await;
-        while !self.subscriber.diode.is_empty() {
+        while self.carry.is_some() || !self.subscriber.diode.is_empty() {
             if !self.send_available().await {
                 return;
             }
@@ -148,17 +154,18 @@ impl EgressTask {
     }
 
     /// Sends one batch of what the diode holds; false when the client has gone.
-    async fn send_available(&self) -> bool {
+    async fn send_available(&mut self) -> bool {
         let mut pending = Vec::with_capacity(self.batch_size);
-        self.subscriber.diode.pop_batch(&mut pending, self.batch_size);
+        let (max_bytes, len) = (plumbing::grpc::MAX_BATCH_BYTES, plumbing::grpc::batch_entry_len);
+        self.subscriber.diode.pop_batch_within(&mut pending, self.batch_size, max_bytes, len, &mut self.carry);
         if pending.is_empty() {
             return true;
         }
         let count = pending.len() as u64;
         if self.tx.send(Ok(EncodedBatch { envelopes: pending })).await.is_err() {
             // The client went away with this batch in hand: it was read from the diode but never
-            // delivered, so it is a loss like any other.
-            self.subscriber.count_lost(count);
+            // delivered, so it is a loss like any other (and so is an envelope carried over).
+            self.subscriber.count_lost(count + u64::from(self.carry.take().is_some()));
             return false;
         }
         self.egress.add(count);

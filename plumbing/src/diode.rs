@@ -97,6 +97,41 @@ impl<T> Diode<T> {
         taken
     }
 
+    /// As [`Self::pop_batch`], and the batch also stops short of `max_bytes` by `size`: the entry
+    /// that would take it past the limit is left in `carry`, to open the next call's batch (an
+    /// entry over the limit on its own makes a batch of one). A carried entry counts as read.
+    /// Returns the batch's length.
+    pub fn pop_batch_within(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        max_bytes: usize,
+        size: impl Fn(&T) -> usize,
+        carry: &mut Option<T>,
+    ) -> usize {
+        let mut bytes = 0;
+        let mut popped = 0u64;
+        if let Some(first) = carry.take() {
+            bytes += size(&first);
+            out.push(first);
+        }
+        while out.len() < max {
+            let Some(value) = self.queue.pop() else { break };
+            popped += 1;
+            let len = size(&value);
+            if !out.is_empty() && bytes + len > max_bytes {
+                *carry = Some(value);
+                break;
+            }
+            bytes += len;
+            out.push(value);
+        }
+        if popped > 0 {
+            self.read.fetch_add(popped, Ordering::Relaxed);
+        }
+        out.len()
+    }
+
     /// Waits until the diode holds at least one entry. Only the single reader may call this.
     pub async fn wait_for_data(&self) {
         loop {
@@ -211,6 +246,33 @@ mod tests {
         assert_eq!(d.pop_batch(&mut out, 4), 4);
         assert_eq!(out, vec![0, 1, 2, 3]);
         assert_eq!(d.len(), 3);
+    }
+
+    #[test]
+    fn pop_batch_within_stops_short_of_the_byte_limit_and_carries_the_rest() {
+        let d = diode::<Vec<u8>>(10);
+        for len in [400, 400, 400, 1500, 100, 100] {
+            d.push(vec![0; len]);
+        }
+        let mut carry = None;
+        let mut batches = Vec::new();
+        loop {
+            let mut out = Vec::new();
+            if d.pop_batch_within(&mut out, 10, 1000, Vec::len, &mut carry) == 0 {
+                break;
+            }
+            batches.push(out.iter().map(Vec::len).collect::<Vec<_>>());
+        }
+        // 400+400 fit, the third 400 would pass 1000; 1500 is alone; the count limit never binds.
+        assert_eq!(batches, vec![vec![400, 400], vec![400], vec![1500], vec![100, 100]]);
+        assert!(carry.is_none());
+        assert_eq!(d.read(), 6);
+        // The count limit still applies.
+        for _ in 0..5 {
+            d.push(vec![1]);
+        }
+        let mut out = Vec::new();
+        assert_eq!(d.pop_batch_within(&mut out, 3, 1000, Vec::len, &mut carry), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

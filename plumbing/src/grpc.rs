@@ -40,6 +40,17 @@ pub const READ_BUFFER: usize = 64 * 1024;
 /// write (and one system call) at the sender.
 pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 
+/// Most bytes of envelopes the agent and the Doppler put in one batch. A count limit alone (100
+/// envelopes) would let a hundred large envelopes make a message past what receivers accept
+/// (10 MiB at Doppler and RLP, 4 MiB by default in grpc-go clients), and the whole batch would be
+/// refused. An envelope larger than this still goes, alone.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Bytes an encoded envelope adds to a batch: its own, a key and a length prefix.
+pub fn batch_entry_len(envelope: &bytes::Bytes) -> usize {
+    envelope.len() + 4
+}
+
 /// HTTP/2 receive window (stream and connection) of a long-lived subscription: a log-cache nozzle
 /// or a firehose client. It is what the subscriber may hold unread while its task is descheduled
 /// before the sender's per-subscriber buffer starts dropping: hyper's fixed 2 MiB default covers
