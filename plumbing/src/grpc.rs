@@ -1,18 +1,15 @@
 //! gRPC transport plumbing shared by every component: accepted and dialled connections.
 //!
-//! Two things tonic does not do for us:
+//! What tonic does not do for us:
 //! - It ignores `Server::tcp_nodelay` when given its own incoming stream, and without it Nagle's
 //!   algorithm and the peer's delayed ACK hold the tail of a write for ~40 ms: that was the p99 of
 //!   every hop (BENCHMARKS.md §4).
-//! - rustls reads the socket in 4 KiB steps (`read_tls` asks for 4096 bytes beyond what it holds),
-//!   so a hop carrying 100 MB/s made ~25k `recv` calls a second per connection. Every connection
-//!   here reads through a 64 KiB buffer instead: one system call per 64 KiB, and rustls takes its
-//!   4 KiB steps from memory.
-//!
-//! - With TLS configured, connections are [`TlsStream`]s (our own record layer over rustls's
-//!   handshake) rather than tonic's tokio-rustls streams: tonic is given plain `http://` endpoints
-//!   and already-secured connections. Handshakes run in their own tasks, so a slow or hostile
-//!   client never holds up the accept loop.
+//! - Its TLS (tokio-rustls) reads the socket in 4 KiB steps and copies each record twice more
+//!   before HTTP/2 sees it. With TLS configured, our connections are [`TlsStream`]s instead (our
+//!   own record layer after rustls's handshake, BENCHMARKS.md §0): tonic is given plain `http://`
+//!   endpoints and already-secured connections. Handshakes run in their own tasks, so a slow or
+//!   hostile client never holds up the accept loop.
+//! - Plain connections read through a 64 KiB buffer: one system call per 64 KiB.
 //!
 //! Servers and clients also announce a larger [`MAX_FRAME_SIZE`].
 

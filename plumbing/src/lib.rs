@@ -4,8 +4,10 @@
 //! - [`diode`]: the bounded many-writer / one-reader ring buffer that drops the oldest and counts it.
 //! - [`telemetry`]: a tiny Prometheus registry (the original's counter names: `ingress`, `egress`,
 //!   `dropped{direction}`, ...) and the `/metrics` HTTP server.
-//! - [`grpc`]: accepted gRPC connections with `TCP_NODELAY`.
+//! - [`grpc`]: accepted and dialled gRPC connections: `TCP_NODELAY`, buffered reads, TLS.
 //! - [`tls`]: mutual-TLS configuration from CA/cert/key files for tonic servers and clients.
+//! - [`tls_stream`]: TLS connections whose records we seal and open ourselves after rustls's
+//!   handshake (every gRPC hop of the project).
 //! - [`shutdown`]: turning a shutdown future into a cancellation token, and bounded drains.
 //! - `test_support` (feature `test-support`): `wait_until`, in-process test certificates.
 

@@ -2,7 +2,7 @@
 //!
 //! tonic copies every DATA frame it receives into a buffer of its own and then splits messages off
 //! it, reallocating that buffer as messages arrive: 4.5–7 % of the agent's and the Doppler's CPU at
-//! 400k envelopes/s (BENCHMARKS.md §0). h2 already hands each DATA frame over as a `Bytes` slice of
+//! 400k envelopes/s (BENCHMARKS.md §0.1). h2 already hands each DATA frame over as a `Bytes` slice of
 //! its read buffer, and a batch nearly always travels as one frame (our peers accept 1 MiB frames,
 //! `plumbing::grpc::MAX_FRAME_SIZE`), so here a message is a slice of that frame: no copy. A
 //! message split over frames is assembled in a buffer, the one copy tonic made of every message.
