@@ -210,6 +210,11 @@ pub fn incoming(
                                 drop(permit);
                                 let _ = tx.send(Conn::Tls(Box::new(tls))).await;
                             }
+                            // A bare connect-and-close (a TCP health check, a port scan) is not
+                            // worth a log line; a client that speaks TLS wrongly is.
+                            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                                tracing::debug!(?peer, %err, "connection closed during the TLS handshake")
+                            }
                             Err(err) => tracing::info!(?peer, %err, "TLS handshake failed"),
                         }
                     });

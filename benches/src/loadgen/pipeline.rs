@@ -216,6 +216,7 @@ impl Pipeline {
                 udp_addr: None,
                 dopplers: dopplers.iter().map(ToString::to_string).collect(),
                 ingress_buffer: NonZeroUsize::new(settings.agent_buffer).context("agent buffer")?,
+                connections: NonZeroUsize::new(settings.agent_connections).context("agent connections")?,
                 shutdown_grace: Duration::from_secs(1),
                 tls: pki.as_ref().map(|p| p.server_files()),
                 doppler_tls: pki.as_ref().map(|p| p.client_files()),

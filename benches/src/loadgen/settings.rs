@@ -137,6 +137,9 @@ pub struct Knobs {
     /// With --spawn: the agent's ingress buffer (the original: 10000).
     #[arg(long)]
     pub agent_buffer: Option<usize>,
+    /// With --spawn: the agent's connections to Dopplers (the original: 5).
+    #[arg(long)]
+    pub agent_connections: Option<usize>,
     /// Worker threads of the load generator's own runtime.
     #[arg(long)]
     pub loadgen_threads: Option<usize>,
@@ -267,6 +270,7 @@ pub struct Settings {
     pub pipeline_threads: usize,
     pub subscription_buffer: usize,
     pub agent_buffer: usize,
+    pub agent_connections: usize,
     pub loadgen_threads: usize,
     pub baseline: bool,
     pub log_cache: bool,
@@ -391,6 +395,7 @@ impl Settings {
             pipeline_threads: pick!(pipeline_threads, 1).max(1),
             subscription_buffer: pick!(subscription_buffer, 1000).max(1),
             agent_buffer: pick!(agent_buffer, 10_000).max(1),
+            agent_connections: pick!(agent_connections, 5).max(1),
             loadgen_threads: pick!(loadgen_threads, 2).max(1),
             baseline: pick!(baseline, false),
             log_cache: pick!(log_cache, false),
