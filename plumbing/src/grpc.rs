@@ -261,6 +261,7 @@ async fn dial(uri: Uri, tls: Option<ClientTls>) -> io::Result<TokioIo<Conn>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -286,5 +287,37 @@ mod tests {
         let mut got = Vec::new();
         second.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, client.await.unwrap());
+    }
+
+    /// A client that connects and never speaks holds up nobody: handshakes run beside the accept
+    /// loop, and a failed one is dropped while the next client is served.
+    #[tokio::test]
+    async fn a_silent_or_failing_client_does_not_hold_up_tls_accepts() {
+        let pki = crate::test_support::TestPki::new(&["doppler"]);
+        let config = pki.server_files().grpc_server_config().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = Box::pin(incoming(listener, Some(config)));
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let mut garbage = TcpStream::connect(addr).await.unwrap();
+        garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let tls = pki.client_files().grpc_client_config("doppler").unwrap();
+        let client = tokio::spawn(async move {
+            let Conn::Tls(mut conn) =
+                dial(format!("http://{addr}").parse().unwrap(), Some(tls)).await.unwrap().into_inner()
+            else {
+                panic!("a TLS connection")
+            };
+            // Data and close_notify right behind the handshake: the server may see all of it
+            // in the read that completes its handshake.
+            conn.write_all(b"hello").await.unwrap();
+            conn.shutdown().await.unwrap();
+        });
+        let next = tokio::time::timeout(Duration::from_secs(10), accepted.next()).await;
+        let Ok(Some(Ok(Conn::Tls(mut conn)))) = next else { panic!("the TLS client was not accepted") };
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+        client.await.unwrap();
     }
 }

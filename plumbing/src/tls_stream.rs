@@ -330,7 +330,7 @@ impl TlsStream {
             early: hs.early,
             early_pos: 0,
             handshake: Vec::new(),
-            read_closed: false,
+            read_closed: hs.peer_closed,
             outbuf: Vec::with_capacity(64 * 1024),
             out_head: 0,
             close_notify_sent: false,
@@ -626,6 +626,7 @@ impl AsyncWrite for TlsStream {
 trait Unbuffered {
     type Data;
     fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn is_handshaking(&self) -> bool;
 }
 
 struct ServerSide(UnbufferedServerConnection);
@@ -636,12 +637,18 @@ impl Unbuffered for ServerSide {
     fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
         self.0.process_tls_records(incoming)
     }
+    fn is_handshaking(&self) -> bool {
+        self.0.is_handshaking()
+    }
 }
 
 impl Unbuffered for ClientSide {
     type Data = rustls::client::ClientConnectionData;
     fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
         self.0.process_tls_records(incoming)
+    }
+    fn is_handshaking(&self) -> bool {
+        self.0.is_handshaking()
     }
 }
 
@@ -653,17 +660,20 @@ struct Handshake {
     used: usize,
     outbuf: Vec<u8>,
     early: Vec<u8>,
+    /// The peer's close_notify came with the end of the handshake (after any data in `early`).
+    peer_closed: bool,
 }
 
 enum Step {
     Read,
     Continue,
     Done,
+    PeerClosed,
 }
 
 impl Handshake {
     fn new() -> Self {
-        Self { inbuf: vec![0; READ_BUFFER], used: 0, outbuf: Vec::new(), early: Vec::new() }
+        Self { inbuf: vec![0; READ_BUFFER], used: 0, outbuf: Vec::new(), early: Vec::new(), peer_closed: false }
     }
 
     async fn run<C: Unbuffered>(&mut self, conn: &mut C, tcp: &mut TcpStream) -> io::Result<()> {
@@ -707,9 +717,7 @@ impl Handshake {
                     Step::Continue
                 }
                 Ok(ConnectionState::WriteTraffic(_)) => Step::Done,
-                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during TLS handshake"));
-                }
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Step::PeerClosed,
                 Ok(other) => return Err(invalid(format!("unexpected TLS handshake state {other:?}"))),
             };
             self.inbuf.copy_within(discard..self.used, 0);
@@ -717,6 +725,15 @@ impl Handshake {
             match step {
                 Step::Continue => {}
                 Step::Done => return Ok(()),
+                // A peer may send its last flight, some data and close_notify at once: the
+                // handshake is complete and its stream simply ends after that data.
+                Step::PeerClosed if !conn.is_handshaking() => {
+                    self.peer_closed = true;
+                    return Ok(());
+                }
+                Step::PeerClosed => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during TLS handshake"));
+                }
                 Step::Read => {
                     if self.used == self.inbuf.len() {
                         return Err(invalid("TLS handshake message too large"));
