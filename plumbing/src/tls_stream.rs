@@ -45,6 +45,9 @@ const TAG: usize = 16;
 const READ_BUFFER: usize = 64 * 1024 + HEADER + MAX_CIPHERTEXT;
 /// Encrypted bytes held for the socket before `poll_write` pushes back.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Write buffer capacity kept between bursts: one full `poll_write` and its record overhead, so a
+/// steady stream never reallocates.
+const OUTBUF_KEEP: usize = 160 * 1024;
 /// Most plaintext taken by one `poll_write` call.
 const MAX_WRITE: usize = 128 * 1024;
 
@@ -331,7 +334,7 @@ impl TlsStream {
             early_pos: 0,
             handshake: Vec::new(),
             read_closed: hs.peer_closed,
-            outbuf: Vec::with_capacity(64 * 1024),
+            outbuf: Vec::new(),
             out_head: 0,
             close_notify_sent: false,
         })
@@ -408,6 +411,11 @@ impl TlsStream {
         }
         self.outbuf.clear();
         self.out_head = 0;
+        // A burst may have grown the buffer to WRITE_HIGH_WATER + MAX_WRITE; an idle connection
+        // keeps only what one write needs.
+        if self.outbuf.capacity() > OUTBUF_KEEP {
+            self.outbuf.shrink_to(OUTBUF_KEEP);
+        }
         Poll::Ready(Ok(()))
     }
 
