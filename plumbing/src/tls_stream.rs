@@ -1000,8 +1000,8 @@ mod tests {
         assert!(err.to_string().contains("peer sent no certificates"), "{err}");
     }
 
-    #[tokio::test]
-    async fn an_oversized_record_is_refused_before_it_is_buffered() {
+    /// Our client connected to our server, whose task reads until the end of the stream.
+    async fn client_and_server_reading_to_end() -> (TlsStream, tokio::task::JoinHandle<io::Result<Vec<u8>>>) {
         let pki = TestPki::new(&["doppler"]);
         let server_config = pki.server_files().grpc_server_config().unwrap();
         let client = pki.client_files().grpc_client_config("doppler").unwrap();
@@ -1011,10 +1011,16 @@ mod tests {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = TlsStream::accept(tcp, server_config).await.unwrap();
             let mut got = Vec::new();
-            tls.read_to_end(&mut got).await
+            tls.read_to_end(&mut got).await.map(|_| got)
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut tls = TlsStream::connect(tcp, client.config, client.server_name).await.unwrap();
+        let tls = TlsStream::connect(tcp, client.config, client.server_name).await.unwrap();
+        (tls, server)
+    }
+
+    #[tokio::test]
+    async fn an_oversized_record_is_refused_before_it_is_buffered() {
+        let (mut tls, server) = client_and_server_reading_to_end().await;
         let len = (MAX_CIPHERTEXT + 1) as u16;
         tls.outbuf.extend_from_slice(&[CONTENT_APPLICATION_DATA, 3, 3]);
         tls.outbuf.extend_from_slice(&len.to_be_bytes());
@@ -1025,19 +1031,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_tampered_record_is_an_error_not_data() {
-        let pki = TestPki::new(&["doppler"]);
-        let server_config = pki.server_files().grpc_server_config().unwrap();
-        let client = pki.client_files().grpc_client_config("doppler").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = TlsStream::accept(tcp, server_config).await.unwrap();
-            let mut got = Vec::new();
-            tls.read_to_end(&mut got).await
-        });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut tls = TlsStream::connect(tcp, client.config, client.server_name).await.unwrap();
+        let (mut tls, server) = client_and_server_reading_to_end().await;
         tls.tx.seal(CONTENT_APPLICATION_DATA, &[b"hello"], &mut tls.outbuf);
         let last = tls.outbuf.len() - 1;
         tls.outbuf[last] ^= 1;
