@@ -43,9 +43,9 @@ pub const MAX_FRAME_SIZE: u32 = 1 << 20;
 /// refused. An envelope larger than this still goes, alone.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// Bytes an encoded envelope adds to a batch: its own, a key and a length prefix.
+/// Bytes an encoded envelope adds to a batch: a one-byte key, its length prefix and itself.
 pub fn batch_entry_len(envelope: &bytes::Bytes) -> usize {
-    envelope.len() + 4
+    1 + loggregator_proto::wire::varint_len(envelope.len() as u64) + envelope.len()
 }
 
 /// HTTP/2 receive window (stream and connection) of a long-lived subscription: a log-cache nozzle

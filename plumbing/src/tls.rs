@@ -1,4 +1,6 @@
-//! Mutual TLS from CA, certificate and key files, for tonic servers and clients and for HTTPS.
+//! Mutual TLS from CA, certificate and key files: rustls configs for our gRPC connections
+//! ([`crate::tls_stream`]) and HTTPS, and a tonic client config for tests that play a third-party
+//! client.
 //!
 //! Plaintext stays the loopback default; a component given [`TlsFiles`] serves TLS and requires
 //! client certificates signed by the CA (PROTOCOLS.md §2.7: all internal gRPC is mutual TLS, and
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// Paths of the PEM files of one side of a mutual-TLS connection.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -79,14 +81,9 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 impl TlsFiles {
-    /// A tonic server config that presents our certificate and requires a client certificate.
-    pub fn server_config(&self) -> Result<ServerTlsConfig, TlsError> {
-        install_crypto_provider();
-        let identity = Identity::from_pem(read(&self.cert_file)?, read(&self.key_file)?);
-        Ok(ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(read(&self.ca_file)?)))
-    }
-
-    /// A tonic client config that presents our certificate and verifies the server as `server_name`.
+    /// A tonic (tokio-rustls) client config that presents our certificate and verifies the server
+    /// as `server_name`. Our own clients use [`Self::grpc_client_config`]; tests use this one to
+    /// drive our servers as a third-party client would.
     pub fn client_config(&self, server_name: &str) -> Result<ClientTlsConfig, TlsError> {
         install_crypto_provider();
         let identity = Identity::from_pem(read(&self.cert_file)?, read(&self.key_file)?);
@@ -196,7 +193,8 @@ mod tests {
     fn loads_generated_certificates() {
         let pki = TestPki::new(&["doppler"]);
         let files = pki.server_files();
-        files.server_config().expect("server config");
+        files.grpc_server_config().expect("gRPC server config");
+        files.grpc_client_config("doppler").expect("gRPC client config");
         files.client_config("doppler").expect("client config");
         files.rustls_server_config().expect("rustls config");
     }

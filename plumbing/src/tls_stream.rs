@@ -109,87 +109,75 @@ impl Protection {
         nonce
     }
 
-    /// TLS 1.2's additional data: sequence number, type, version and plaintext length.
-    fn tls12_aad(&self, typ: u8, len: usize) -> [u8; 13] {
+    /// The additional data of a record: TLS 1.3's is the record header; TLS 1.2's is the sequence
+    /// number, type, version and plaintext length. Returned as a buffer and its used length.
+    fn aad(&self, header: &[u8], typ: u8, plain_len: usize) -> ([u8; 13], usize) {
         let mut aad = [0u8; 13];
+        if self.format == Format::Tls13 {
+            aad[..HEADER].copy_from_slice(&header[..HEADER]);
+            return (aad, HEADER);
+        }
         aad[..8].copy_from_slice(&self.seq.to_be_bytes());
         aad[8] = typ;
         aad[9..11].copy_from_slice(&[3, 3]);
-        aad[11..].copy_from_slice(&(len as u16).to_be_bytes());
-        aad
+        aad[11..].copy_from_slice(&(plain_len as u16).to_be_bytes());
+        (aad, 13)
     }
 
     /// Decrypts the record `record` (header included) in place. Returns its content type and the
     /// plaintext's range within `record`.
     fn open(&mut self, record: &mut [u8]) -> io::Result<(u8, std::ops::Range<usize>)> {
         let outer = record[0];
-        let (header, body) = record.split_at_mut(HEADER);
-        let seq_error = || invalid("TLS record sequence number exhausted");
-        let result = match self.format {
-            Format::Tls13 => {
-                if outer != CONTENT_APPLICATION_DATA {
-                    return Err(invalid(format!("unexpected TLS record type {outer} after the handshake")));
-                }
-                let nonce = Nonce::assume_unique_for_key(self.nonce());
-                let plain = self
-                    .key
-                    .open_in_place(nonce, Aad::from(&header[..]), body)
-                    .map_err(|_| invalid("TLS record failed to decrypt"))?;
-                // Inner plaintext: content, content type, zero padding (RFC 8446 §5.4).
-                let Some(end) = plain.iter().rposition(|&b| b != 0) else {
-                    return Err(invalid("TLS record without a content type"));
-                };
-                (plain[end], HEADER..HEADER + end)
-            }
+        // TLS 1.2 GCM records lead with an explicit nonce; every format ends with the tag.
+        let explicit = if self.format == Format::Tls12Gcm { 8 } else { 0 };
+        if record.len() < HEADER + explicit + TAG {
+            return Err(invalid("short TLS record"));
+        }
+        if self.format == Format::Tls13 && outer != CONTENT_APPLICATION_DATA {
+            return Err(invalid(format!("unexpected TLS record type {outer} after the handshake")));
+        }
+        let nonce = match self.format {
             Format::Tls12Gcm => {
-                if body.len() < 8 + TAG {
-                    return Err(invalid("short TLS record"));
-                }
                 let mut nonce = [0u8; aead::NONCE_LEN];
                 nonce[..4].copy_from_slice(&self.iv[..4]);
-                nonce[4..].copy_from_slice(&body[..8]);
-                let aad = self.tls12_aad(outer, body.len() - 8 - TAG);
-                let plain = self
-                    .key
-                    .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body[8..])
-                    .map_err(|_| invalid("TLS record failed to decrypt"))?;
-                (outer, HEADER + 8..HEADER + 8 + plain.len())
+                nonce[4..].copy_from_slice(&record[HEADER..HEADER + 8]);
+                nonce
             }
-            Format::Tls12Chacha => {
-                if body.len() < TAG {
-                    return Err(invalid("short TLS record"));
-                }
-                let nonce = Nonce::assume_unique_for_key(self.nonce());
-                let aad = self.tls12_aad(outer, body.len() - TAG);
-                let plain = self
-                    .key
-                    .open_in_place(nonce, Aad::from(aad), body)
-                    .map_err(|_| invalid("TLS record failed to decrypt"))?;
-                (outer, HEADER..HEADER + plain.len())
-            }
+            Format::Tls13 | Format::Tls12Chacha => self.nonce(),
         };
-        self.seq = self.seq.checked_add(1).ok_or_else(seq_error)?;
-        Ok(result)
+        let cipher_start = HEADER + explicit;
+        let (aad, aad_len) = self.aad(&record[..HEADER], outer, record.len() - cipher_start - TAG);
+        let plain = self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..aad_len]), &mut record[cipher_start..])
+            .map_err(|_| invalid("TLS record failed to decrypt"))?;
+        let (typ, plain_len) = if self.format == Format::Tls13 {
+            // Inner plaintext: content, content type, zero padding (RFC 8446 §5.4).
+            let Some(end) = plain.iter().rposition(|&b| b != 0) else {
+                return Err(invalid("TLS record without a content type"));
+            };
+            (plain[end], end)
+        } else {
+            (outer, plain.len())
+        };
+        self.seq = self.seq.checked_add(1).ok_or_else(|| invalid("TLS record sequence number exhausted"))?;
+        Ok((typ, cipher_start..cipher_start + plain_len))
     }
 
     /// Appends one record carrying the concatenation of `parts` (at most [`MAX_PLAINTEXT`] bytes).
     fn seal(&mut self, typ: u8, parts: &[&[u8]], out: &mut Vec<u8>) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let start = out.len();
-        let (outer, explicit) = match self.format {
-            Format::Tls13 => (CONTENT_APPLICATION_DATA, 0),
-            Format::Tls12Gcm => (typ, 8),
-            Format::Tls12Chacha => (typ, 0),
+        let (outer, explicit, inner_type) = match self.format {
+            Format::Tls13 => (CONTENT_APPLICATION_DATA, 0, 1),
+            Format::Tls12Gcm => (typ, 8, 0),
+            Format::Tls12Chacha => (typ, 0, 0),
         };
-        let inner_type = usize::from(self.format == Format::Tls13);
         let body_len = explicit + len + inner_type + TAG;
         out.reserve(HEADER + body_len);
-        out.extend_from_slice(&[outer, 3, 3]);
-        out.extend_from_slice(&(body_len as u16).to_be_bytes());
+        let header = [outer, 3, 3, (body_len >> 8) as u8, body_len as u8];
+        out.extend_from_slice(&header);
         let nonce = self.nonce();
-        if explicit > 0 {
-            out.extend_from_slice(&nonce[4..]);
-        }
+        out.extend_from_slice(&nonce[4..4 + explicit]);
         let plain_start = out.len();
         for part in parts {
             out.extend_from_slice(part);
@@ -197,19 +185,16 @@ impl Protection {
         if inner_type == 1 {
             out.push(typ);
         }
-        let (head, plain) = out.split_at_mut(plain_start);
-        let tag = match self.format {
-            Format::Tls13 => {
-                let aad = Aad::from(&head[start..start + HEADER]);
-                self.key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), aad, plain)
-            }
-            Format::Tls12Gcm | Format::Tls12Chacha => {
-                let aad = Aad::from(self.tls12_aad(typ, len));
-                self.key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), aad, plain)
-            }
-        };
-        // Sealing fails only for a plaintext beyond the AEAD's limit (gigabytes); records are 16 KiB.
-        let tag = tag.expect("a TLS record is within the AEAD's size limit");
+        let (aad, aad_len) = self.aad(&header, typ, len);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..aad_len]),
+                &mut out[plain_start..],
+            )
+            // Sealing fails only for a plaintext beyond the AEAD's limit (gigabytes); records are 16 KiB.
+            .expect("a TLS record is within the AEAD's size limit");
         out.extend_from_slice(tag.as_ref());
         self.seq += 1;
     }
