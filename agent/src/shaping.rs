@@ -318,12 +318,18 @@ fn tag_pairs(buf: &[u8], check_utf8: bool) -> Result<Vec<TagPair<'_>>, ShapeErro
                 _ => skip_field(msg, &mut p, f, wt)?,
             }
         }
-        if check_utf8 && (std::str::from_utf8(key).is_err() || std::str::from_utf8(value).is_err()) {
+        if check_utf8 && !(is_utf8(key) && is_utf8(value)) {
             return Err(loggregator_proto::ScanError::InvalidUtf8.into());
         }
         pairs.push((key, value));
     }
     Ok(pairs)
+}
+
+/// Tags are ASCII in practice, and the word-at-a-time ASCII check is several times cheaper than
+/// the general validator on strings this short.
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 #[cfg(test)]

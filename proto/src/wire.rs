@@ -39,7 +39,8 @@ fn read_varint_multi_byte(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError>
     // groups with three shift-and-mask steps. A timestamp (9 bytes) and an envelope's length
     // (2 bytes) are in every envelope, and a byte-by-byte loop was 3 % of each component's CPU.
     if let Some(bytes) = buf.get(*pos..).and_then(|rest| rest.first_chunk::<10>()) {
-        let word = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+        // One 8-byte load (byte-by-byte array construction compiled to four partial loads).
+        let word = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
         let ends = !word & 0x8080_8080_8080_8080;
         if ends != 0 {
             let len = ends.trailing_zeros() as usize / 8 + 1;
@@ -112,7 +113,15 @@ pub fn read_key(buf: &[u8], pos: &mut usize) -> Result<(u32, WireType), ScanErro
 /// Reads a length prefix and returns the range of the bytes it announces, advancing past them.
 #[inline(always)]
 pub fn read_len(buf: &[u8], pos: &mut usize) -> Result<std::ops::Range<usize>, ScanError> {
-    let len = read_varint(buf, pos)?;
+    // Two-byte lengths (128 B to 16 KiB: an envelope in its batch, a log's payload) are as common
+    // as one-byte ones here, so they are decoded inline too.
+    let len = match buf.get(*pos..).and_then(|rest| rest.first_chunk::<2>()) {
+        Some(&[low, high]) if low >= 0x80 && high < 0x80 => {
+            *pos += 2;
+            u64::from(low & 0x7f) | u64::from(high) << 7
+        }
+        _ => read_varint(buf, pos)?,
+    };
     let start = *pos;
     let remaining = buf.len() - start;
     if len > remaining as u64 {
@@ -260,6 +269,42 @@ mod tests {
             proptest::prop_assert_eq!(read_varint(&out, &mut pos).unwrap(), value);
             proptest::prop_assert_eq!(pos, len);
         }
+
+        /// `read_len` (with its inline two-byte path) is a varint read and a bound, on any bytes
+        /// after any offset: lengths of one to three bytes, over-long ones, and truncated input.
+        #[test]
+        fn lengths_read_as_a_varint_and_a_bound(
+            start in 0usize..3,
+            prefix in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
+            value in 0u64..20_000,
+            tail_len in 0usize..20_050,
+        ) {
+            let mut buf = prefix;
+            buf.truncate(start);
+            let start = buf.len();
+            put_varint(&mut buf, value);
+            buf.resize(buf.len() + tail_len, 0xab);
+            for end in [buf.len(), start + 1, start + 2, start + 3] {
+                let input = &buf[..end.min(buf.len())];
+                let mut ours_pos = start;
+                let ours = read_len(input, &mut ours_pos);
+                let mut pos = start;
+                let reference = read_varint(input, &mut pos).and_then(|len| {
+                    if len > (input.len() - pos) as u64 { Err(ScanError::Truncated) } else { Ok(pos..pos + len as usize) }
+                });
+                if let Ok(range) = &reference {
+                    proptest::prop_assert_eq!(ours_pos, range.end);
+                }
+                proptest::prop_assert_eq!(ours, reference);
+            }
+        }
+    }
+
+    #[test]
+    fn an_over_long_two_byte_length_reads_as_its_value() {
+        let mut pos = 0;
+        assert_eq!(read_len(&[0x81, 0x00, 0xff], &mut pos), Ok(2..3));
+        assert_eq!(pos, 3);
     }
 
     #[test]
