@@ -15,7 +15,7 @@ use std::hash::{BuildHasher, Hasher};
 use bytes::{BufMut, Bytes, BytesMut};
 use loggregator_proto::prost::Message as _;
 use loggregator_proto::v2::{envelope::Message, value::Data, Envelope};
-use loggregator_proto::wire::{put_varint, read_key, read_len, read_varint, skip_field, varint_len, WireType};
+use loggregator_proto::wire::{is_utf8, put_varint, read_key, read_len, read_varint, skip_field, varint_len, WireType};
 use loggregator_proto::{EnvelopeKind, RawEnvelope};
 use parking_lot::Mutex;
 
@@ -324,12 +324,6 @@ fn tag_pairs(buf: &[u8], check_utf8: bool) -> Result<Vec<TagPair<'_>>, ShapeErro
         pairs.push((key, value));
     }
     Ok(pairs)
-}
-
-/// Tags are ASCII in practice, and the word-at-a-time ASCII check is several times cheaper than
-/// the general validator on strings this short.
-fn is_utf8(bytes: &[u8]) -> bool {
-    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 #[cfg(test)]

@@ -217,10 +217,7 @@ fn range32(range: Range<usize>) -> Range<u32> {
 
 #[inline]
 fn check_utf8(buf: &[u8], range: &Range<usize>) -> Result<(), ScanError> {
-    let bytes = &buf[range.clone()];
-    // Ids and names are ASCII in practice: the word-at-a-time ASCII check is several times cheaper
-    // than the general validator on strings this short.
-    if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+    if crate::wire::is_utf8(&buf[range.clone()]) {
         Ok(())
     } else {
         Err(ScanError::InvalidUtf8)
