@@ -160,6 +160,42 @@ pub fn thread_cpu_seconds() -> BTreeMap<String, f64> {
     out
 }
 
+/// Seconds a task spent runnable but waiting for a CPU (`run_delay`, the second field of
+/// `/proc/.../schedstat`, in ns). With four busy threads on two cores, a component can lose
+/// envelopes while the machine is a third idle: its wake-ups queue behind the others' (BENCHMARKS.md
+/// §0, session 6), and this is the figure that shows it.
+fn parse_schedstat(schedstat: &str) -> Option<f64> {
+    let ns: u64 = schedstat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(ns as f64 / 1e9)
+}
+
+/// Run-queue wait of this process's live threads, summed by thread name; empty without schedstats.
+pub fn thread_wait_seconds() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else { continue };
+        let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        if let Some(wait) = parse_schedstat(&schedstat) {
+            *out.entry(comm.trim_end().to_string()).or_insert(0.0) += wait;
+        }
+    }
+    out
+}
+
+/// Run-queue wait of all live threads of a process (`self` or a pid).
+pub fn process_wait_seconds(pid: &str) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = None;
+    for task in tasks.flatten() {
+        let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        if let Some(wait) = parse_schedstat(&schedstat) {
+            *total.get_or_insert(0.0) += wait;
+        }
+    }
+    total
+}
+
 /// A `kB` value of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in KiB.
 pub fn status_kib(pid: &str, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -203,6 +239,17 @@ mod tests {
         assert_eq!(steal_pct(Some(after), Some(after)), None);
         assert!(parse_machine_ticks("cpu0 1 2 3 4 5 6 7 8").is_none());
         assert!(machine_ticks().is_some_and(|(steal, total)| steal <= total));
+    }
+
+    #[test]
+    fn run_queue_wait_is_the_second_schedstat_field() {
+        assert_eq!(parse_schedstat("123456 2500000000 42\n"), Some(2.5));
+        assert_eq!(parse_schedstat("123456"), None);
+        assert_eq!(parse_schedstat("1 x 2"), None);
+        // This machine's kernel keeps schedstats: the test thread's own name is among the threads.
+        let me = std::fs::read_to_string("/proc/thread-self/comm").expect("comm").trim_end().to_string();
+        assert!(thread_wait_seconds().contains_key(&me));
+        assert!(process_wait_seconds("self").is_some_and(|s| s >= 0.0));
     }
 
     #[test]

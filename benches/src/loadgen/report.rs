@@ -66,6 +66,8 @@ pub struct CpuReport {
     pub cpu_s: f64,
     /// CPU seconds per million envelopes sent.
     pub cpu_s_per_million: f64,
+    /// Seconds its threads were runnable but waited for a CPU (`schedstat`), when the kernel keeps it.
+    pub wait_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -265,6 +267,19 @@ impl Report {
                     .map(|c| format!("{} {:.2} s ({:.2} s/M env)", c.name, c.cpu_s, c.cpu_s_per_million))
                     .collect();
                 let _ = writeln!(out, "cpu: {}", cpu.join(", "));
+                let waits: Vec<String> = p
+                    .cpu
+                    .iter()
+                    .filter_map(|c| {
+                        let wait = c.wait_s?;
+                        let share =
+                            if c.cpu_s > 0.0 { format!(" ({:.2} per CPU s)", wait / c.cpu_s) } else { String::new() };
+                        Some(format!("{} {wait:.2} s{share}", c.name))
+                    })
+                    .collect();
+                if !waits.is_empty() {
+                    let _ = writeln!(out, "waited runnable for a CPU: {}", waits.join(", "));
+                }
             }
             if let Some(steal) = p.steal_pct {
                 let _ = writeln!(out, "machine: {steal:.1} % of CPU time stolen by the hypervisor during the run");

@@ -62,6 +62,10 @@ struct CpuSnapshot {
     process: f64,
     threads: BTreeMap<String, f64>,
     pids: Vec<Option<f64>>,
+    /// Run-queue wait (seconds runnable without a CPU) of the same: process, threads, pids.
+    wait_process: Option<f64>,
+    wait_threads: BTreeMap<String, f64>,
+    wait_pids: Vec<Option<f64>>,
 }
 
 impl CpuSnapshot {
@@ -71,6 +75,9 @@ impl CpuSnapshot {
             process: observe::process_cpu_seconds("self").unwrap_or(0.0),
             threads: observe::thread_cpu_seconds(),
             pids: accounting.pids.iter().map(|(_, pid)| observe::process_cpu_seconds(&pid.to_string())).collect(),
+            wait_process: observe::process_wait_seconds("self"),
+            wait_threads: observe::thread_wait_seconds(),
+            wait_pids: accounting.pids.iter().map(|(_, pid)| observe::process_wait_seconds(&pid.to_string())).collect(),
         }
     }
 }
@@ -446,27 +453,41 @@ impl Phase<'_> {
             && r.stats.uncertain.load(Ordering::Relaxed) == 0;
 
         let millions = (r.sent as f64 / 1e6).max(1e-12);
+        let (before, after) = (&r.cpu_before, &r.cpu_after);
+        let report = |name: &str, cpu_s: f64, wait_s: Option<f64>| CpuReport {
+            name: name.to_string(),
+            cpu_s,
+            cpu_s_per_million: cpu_s / millions,
+            wait_s,
+        };
         let mut cpu = Vec::new();
-        let mut components_total = 0.0;
+        let (mut components_total, mut components_wait) = (0.0, 0.0);
+        let has_wait = !before.wait_threads.is_empty() && !after.wait_threads.is_empty();
         for (name, thread) in &self.accounting.threads {
-            let t = r.cpu_after.threads.get(thread).copied().unwrap_or(0.0)
-                - r.cpu_before.threads.get(thread).copied().unwrap_or(0.0);
+            let t =
+                after.threads.get(thread).copied().unwrap_or(0.0) - before.threads.get(thread).copied().unwrap_or(0.0);
+            let w = after.wait_threads.get(thread).copied().unwrap_or(0.0)
+                - before.wait_threads.get(thread).copied().unwrap_or(0.0);
             components_total += t;
-            cpu.push(CpuReport { name: name.clone(), cpu_s: t, cpu_s_per_million: t / millions });
+            components_wait += w;
+            cpu.push(report(name, t, has_wait.then_some(w)));
         }
-        let process = r.cpu_after.process - r.cpu_before.process;
-        let loadgen = process - components_total;
-        cpu.push(CpuReport { name: "loadgen".into(), cpu_s: loadgen, cpu_s_per_million: loadgen / millions });
+        let loadgen = after.process - before.process - components_total;
+        let loadgen_wait = match (before.wait_process, after.wait_process) {
+            (Some(b), Some(a)) => Some(a - b - components_wait),
+            _ => None,
+        };
+        cpu.push(report("loadgen", loadgen, loadgen_wait));
         if !self.accounting.threads.is_empty() {
-            cpu.push(CpuReport {
-                name: "pipeline total".into(),
-                cpu_s: components_total,
-                cpu_s_per_million: components_total / millions,
-            });
+            cpu.push(report("pipeline total", components_total, has_wait.then_some(components_wait)));
         }
         for (i, (name, _)) in self.accounting.pids.iter().enumerate() {
-            if let (Some(Some(b)), Some(Some(a))) = (r.cpu_before.pids.get(i), r.cpu_after.pids.get(i)) {
-                cpu.push(CpuReport { name: name.clone(), cpu_s: a - b, cpu_s_per_million: (a - b) / millions });
+            if let (Some(Some(b)), Some(Some(a))) = (before.pids.get(i), after.pids.get(i)) {
+                let wait = match (before.wait_pids.get(i), after.wait_pids.get(i)) {
+                    (Some(Some(b)), Some(Some(a))) => Some(a - b),
+                    _ => None,
+                };
+                cpu.push(report(name, a - b, wait));
             }
         }
         let mib = |kib: Option<u64>| kib.unwrap_or(0) as f64 / 1024.0;
