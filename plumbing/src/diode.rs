@@ -81,26 +81,14 @@ impl<T> Diode<T> {
 
     /// Moves up to `max` entries into `out`, oldest first; returns how many.
     pub fn pop_batch(&self, out: &mut Vec<T>, max: usize) -> usize {
-        let mut taken = 0;
-        while taken < max {
-            match self.queue.pop() {
-                Some(value) => {
-                    out.push(value);
-                    taken += 1;
-                }
-                None => break,
-            }
-        }
-        if taken > 0 {
-            self.read.fetch_add(taken as u64, Ordering::Relaxed);
-        }
-        taken
+        // No byte limit: nothing is ever carried.
+        self.pop_batch_within(out, max, usize::MAX, |_| 0, &mut None)
     }
 
     /// As [`Self::pop_batch`], and the batch also stops short of `max_bytes` by `size`: the entry
     /// that would take it past the limit is left in `carry`, to open the next call's batch (an
     /// entry over the limit on its own makes a batch of one). A carried entry counts as read.
-    /// Returns the batch's length.
+    /// Returns how many entries it appended to `out`, the carried one included.
     pub fn pop_batch_within(
         &self,
         out: &mut Vec<T>,
@@ -109,17 +97,18 @@ impl<T> Diode<T> {
         size: impl Fn(&T) -> usize,
         carry: &mut Option<T>,
     ) -> usize {
-        let mut bytes = 0;
+        let start = out.len();
+        let mut bytes = 0usize;
         let mut popped = 0u64;
         if let Some(first) = carry.take() {
-            bytes += size(&first);
+            bytes = size(&first);
             out.push(first);
         }
-        while out.len() < max {
+        while out.len() - start < max {
             let Some(value) = self.queue.pop() else { break };
             popped += 1;
             let len = size(&value);
-            if !out.is_empty() && bytes + len > max_bytes {
+            if out.len() > start && bytes.saturating_add(len) > max_bytes {
                 *carry = Some(value);
                 break;
             }
@@ -129,7 +118,7 @@ impl<T> Diode<T> {
         if popped > 0 {
             self.read.fetch_add(popped, Ordering::Relaxed);
         }
-        out.len()
+        out.len() - start
     }
 
     /// Waits until the diode holds at least one entry. Only the single reader may call this.
@@ -273,6 +262,11 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(d.pop_batch_within(&mut out, 3, 1000, Vec::len, &mut carry), 3);
+        // Both limits count what this call appends, not what `out` already held.
+        assert_eq!(d.pop_batch_within(&mut out, 1, 1000, Vec::len, &mut carry), 1);
+        assert_eq!(d.pop_batch(&mut out, 10), 1);
+        assert_eq!(out.len(), 5);
+        assert_eq!(d.read(), 11);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
