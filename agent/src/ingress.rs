@@ -33,9 +33,7 @@ impl Intake {
     fn accept(&self, envelope: RawEnvelope) -> Result<(), Status> {
         let bytes = self.shaper.shape(envelope).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.ingress.inc();
-        if self.diode.push(bytes).is_some() {
-            self.dropped.inc();
-        }
+        self.dropped.add(self.diode.push(bytes));
         Ok(())
     }
 

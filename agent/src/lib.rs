@@ -148,7 +148,8 @@ impl Agent {
         let tracker = TaskTracker::new();
         let config = &self.config;
 
-        let diode = Arc::new(Diode::<Bytes>::new(config.ingress_buffer));
+        let diode =
+            Arc::new(Diode::<Bytes>::with_weight_limit(config.ingress_buffer, config.ingress_buffer_bytes, Bytes::len));
         let intake = Arc::new(Intake {
             shaper: shaping::Shaper::new(config.tags.clone()),
             diode: Arc::clone(&diode),

@@ -138,6 +138,38 @@ async fn every_envelope_sent_to_the_agent_reaches_the_subscriber_unchanged() {
     doppler.shutdown().await;
 }
 
+/// The ingress buffer is bounded by bytes as well as by count: with no Doppler draining it, an
+/// agent whose count limit would hold every envelope keeps only what fits its byte limit and counts
+/// the rest as dropped, and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingress_buffer_holds_no_more_bytes_than_its_limit() {
+    // A "Doppler" that never answers: connections open (the kernel accepts them) and stall.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = agent::Config {
+        ingress_buffer: NonZeroUsize::new(100_000).unwrap(),
+        ingress_buffer_bytes: 256 << 10,
+        connections: NonZeroUsize::new(1).unwrap(),
+        ..agent_config(&[stalled.local_addr().unwrap()])
+    };
+    let (agent, _) = start_agent(config).await;
+    const N: u64 = 20_000;
+    let padded = |i| {
+        let mut envelope = log_envelope(i);
+        envelope.message = Some(Message::Log(v2::Log { payload: Bytes::from(vec![b'x'; 1000]), r#type: 0 }));
+        envelope
+    };
+    send_batches(agent.addr, (0..N).map(padded)).await;
+    assert_eq!(agent.metric("ingress", &[]), N);
+    // Outside the buffer: at most the dispatcher's batch, the queue's and the connection's (one
+    // each, 100 envelopes), and what HTTP/2's initial 64 KiB window let out: ~400 envelopes.
+    // Inside: 256 KiB of ~1 KB envelopes, ~250. Without the byte limit nothing would be dropped.
+    let dropped = agent.metric("dropped", &[]);
+    assert!(dropped >= N - 1_000, "dropped only {dropped} of {N}");
+    assert!(dropped < N, "the newest are kept");
+    agent.shutdown().await;
+    drop(stalled);
+}
+
 /// Large envelopes: a hundred of them would make a batch past every receiver's limit (the
 /// Doppler's 10 MiB, a default gRPC client's 4 MiB), so batches are cut by size as well as count.
 /// The Doppler comes up only after the agent holds them all, so the agent's batches are as full

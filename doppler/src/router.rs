@@ -47,8 +47,9 @@ impl Subscriber {
 
     #[inline]
     fn deliver(&self, envelope: &Bytes) {
-        if self.diode.push(envelope.clone()).is_some() {
-            self.dropped.inc();
+        let dropped = self.diode.push(envelope.clone());
+        if dropped > 0 {
+            self.dropped.add(dropped);
         }
     }
 

@@ -6,12 +6,16 @@
 //!
 //! Accounting is exact: every entry pushed is, at any quiescent point, read, dropped, or still held.
 //!
+//! A diode may also be bounded by weight (for envelopes, their bytes): a count alone does not bound
+//! memory when one entry can be a few bytes or megabytes. Beyond the weight limit a write drops the
+//! oldest entries, as beyond the count.
+//!
 //! Built on `crossbeam_queue::ArrayQueue::force_push`, which returns the displaced element, and
 //! `tokio::sync::Notify`, whose stored permit means a push between the reader's empty check and its
 //! wait is never missed.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
@@ -23,46 +27,80 @@ pub struct Diode<T> {
     reader_waiting: AtomicBool,
     read: AtomicU64,
     dropped: AtomicU64,
+    limit: Option<WeightLimit<T>>,
+}
+
+/// The second bound of [`Diode::with_weight_limit`].
+struct WeightLimit<T> {
+    weigh: fn(&T) -> usize,
+    max: usize,
+    /// What the entries in the queue weigh. Added before an entry is queued and taken off when it
+    /// leaves, so it never underflows; between the two it may overstate, never understate.
+    held: AtomicUsize,
 }
 
 impl<T> Diode<T> {
     pub fn new(capacity: NonZeroUsize) -> Self {
+        Self::build(capacity, None)
+    }
+
+    /// A diode bounded by weight as well as by count: when the entries it holds weigh more than
+    /// `max_weight` (by `weigh`), a write drops the oldest, and counts them, until they fit. An
+    /// entry heavier than the limit on its own is kept, alone.
+    pub fn with_weight_limit(capacity: NonZeroUsize, max_weight: usize, weigh: fn(&T) -> usize) -> Self {
+        Self::build(capacity, Some(WeightLimit { weigh, max: max_weight, held: AtomicUsize::new(0) }))
+    }
+
+    fn build(capacity: NonZeroUsize, limit: Option<WeightLimit<T>>) -> Self {
         Self {
             queue: ArrayQueue::new(capacity.get()),
             notify: Notify::new(),
             reader_waiting: AtomicBool::new(false),
             read: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            limit,
         }
     }
 
-    /// Adds `value`; if the diode is full, the oldest entry is dropped and returned (and counted).
-    pub fn push(&self, value: T) -> Option<T> {
-        let displaced = self.queue.force_push(value);
-        if displaced.is_some() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        // Pairs with the fence in `wait_for_data`: either the reader sees our entry, or we see its
-        // flag (a store-load handshake, so both sides need a full fence).
-        fence(Ordering::SeqCst);
-        if self.reader_waiting.load(Ordering::Relaxed) {
-            self.notify.notify_one();
-        }
-        displaced
+    /// Adds `value`; if the diode is full, the oldest entries are dropped to make room. Returns how
+    /// many were dropped (they are also counted in [`Self::dropped`]).
+    pub fn push(&self, value: T) -> u64 {
+        self.push_many(std::iter::once(value))
     }
 
     /// Adds every value of `values`, oldest first; returns how many entries were dropped to make room.
     /// One wake-up handshake for the whole batch instead of one per entry.
     pub fn push_many(&self, values: impl IntoIterator<Item = T>) -> u64 {
         let mut displaced = 0u64;
-        for value in values {
-            if self.queue.force_push(value).is_some() {
-                displaced += 1;
+        match &self.limit {
+            None => {
+                for value in values {
+                    if self.queue.force_push(value).is_some() {
+                        displaced += 1;
+                    }
+                }
+            }
+            Some(limit) => {
+                for value in values {
+                    limit.held.fetch_add((limit.weigh)(&value), Ordering::Relaxed);
+                    if let Some(old) = self.queue.force_push(value) {
+                        limit.held.fetch_sub((limit.weigh)(&old), Ordering::Relaxed);
+                        displaced += 1;
+                    }
+                }
+                // Shed the oldest until the rest fits; the newest stays even if it alone does not.
+                while limit.held.load(Ordering::Relaxed) > limit.max && self.queue.len() > 1 {
+                    let Some(old) = self.queue.pop() else { break };
+                    limit.held.fetch_sub((limit.weigh)(&old), Ordering::Relaxed);
+                    displaced += 1;
+                }
             }
         }
         if displaced > 0 {
             self.dropped.fetch_add(displaced, Ordering::Relaxed);
         }
+        // Pairs with the fence in `wait_for_data`: either the reader sees our entries, or we see its
+        // flag (a store-load handshake, so both sides need a full fence).
         fence(Ordering::SeqCst);
         if self.reader_waiting.load(Ordering::Relaxed) {
             self.notify.notify_one();
@@ -73,8 +111,11 @@ impl<T> Diode<T> {
     /// Takes the oldest entry, if any.
     pub fn try_pop(&self) -> Option<T> {
         let value = self.queue.pop();
-        if value.is_some() {
+        if let Some(value) = &value {
             self.read.fetch_add(1, Ordering::Relaxed);
+            if let Some(limit) = &self.limit {
+                limit.held.fetch_sub((limit.weigh)(value), Ordering::Relaxed);
+            }
         }
         value
     }
@@ -100,6 +141,7 @@ impl<T> Diode<T> {
         let start = out.len();
         let mut bytes = 0usize;
         let mut popped = 0u64;
+        let mut weight = 0usize;
         if let Some(first) = carry.take() {
             bytes = size(&first);
             out.push(first);
@@ -107,6 +149,9 @@ impl<T> Diode<T> {
         while out.len() - start < max {
             let Some(value) = self.queue.pop() else { break };
             popped += 1;
+            if let Some(limit) = &self.limit {
+                weight += (limit.weigh)(&value);
+            }
             let len = size(&value);
             if out.len() > start && bytes.saturating_add(len) > max_bytes {
                 *carry = Some(value);
@@ -117,6 +162,9 @@ impl<T> Diode<T> {
         }
         if popped > 0 {
             self.read.fetch_add(popped, Ordering::Relaxed);
+            if let Some(limit) = &self.limit {
+                limit.held.fetch_sub(weight, Ordering::Relaxed);
+            }
         }
         out.len() - start
     }
@@ -160,6 +208,12 @@ impl<T> Diode<T> {
 
     pub fn capacity(&self) -> usize {
         self.queue.capacity()
+    }
+
+    /// What the held entries weigh (0 without a weight limit). Exact whenever no push or pop is
+    /// in flight.
+    pub fn weight(&self) -> usize {
+        self.limit.as_ref().map_or(0, |limit| limit.held.load(Ordering::Relaxed))
     }
 
     /// Entries pushed so far. Derived rather than counted, to keep one atomic off every push: each
@@ -269,11 +323,54 @@ mod tests {
         assert_eq!(d.read(), 11);
     }
 
+    #[test]
+    fn weight_limit_drops_the_oldest_until_the_rest_fits() {
+        let d = Diode::with_weight_limit(NonZeroUsize::new(100).unwrap(), 1000, Vec::<u8>::len);
+        assert_eq!(d.push(vec![0; 400]), 0);
+        assert_eq!(d.push_many([vec![1; 400], vec![2; 100]]), 0);
+        assert_eq!(d.weight(), 900);
+        // 1200 > 1000: the oldest (400) goes, 800 stay.
+        assert_eq!(d.push(vec![3; 300]), 1);
+        assert_eq!(d.weight(), 800);
+        assert_eq!(d.dropped(), 1);
+        // Heavier than the limit on its own: everything older goes, it stays alone.
+        assert_eq!(d.push(vec![4; 1500]), 3);
+        assert_eq!((d.len(), d.weight(), d.dropped()), (1, 1500, 4));
+        assert_eq!(d.try_pop().map(|v| v[0]), Some(4));
+        assert_eq!(d.weight(), 0);
+        // Pops give the weight back: batches, and a carried entry counts as taken.
+        d.push_many([vec![5; 600], vec![6; 300], vec![7; 50]]);
+        let (mut out, mut carry) = (Vec::new(), None);
+        assert_eq!(d.pop_batch_within(&mut out, 10, 700, Vec::len, &mut carry), 1);
+        assert_eq!(d.weight(), 50, "the 300 in `carry` is out of the diode");
+        assert_eq!(d.pop_batch(&mut out, 10), 1);
+        assert_eq!(d.weight(), 0);
+        assert_eq!(d.written(), d.read() + d.dropped() + d.len() as u64);
+        // The count limit still applies, and gives the weight back too.
+        let small = Diode::with_weight_limit(NonZeroUsize::new(2).unwrap(), 1000, Vec::<u8>::len);
+        assert_eq!(small.push_many([vec![0; 10], vec![0; 20], vec![0; 30]]), 1);
+        assert_eq!(small.weight(), 50);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_and_one_reader_account_for_every_entry() {
+        concurrent_accounting(diode::<(u64, u64)>(64)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_and_one_reader_account_for_every_entry_and_its_weight() {
+        // Weights 1..=7 against a limit of 100: the weight limit binds long before the count.
+        let d =
+            Diode::with_weight_limit(NonZeroUsize::new(64).unwrap(), 100, |&(_, i): &(u64, u64)| (i % 7 + 1) as usize);
+        let d = concurrent_accounting(d).await;
+        assert_eq!(d.weight(), 0, "everything left the diode, so did its weight");
+        assert!(d.dropped() > 0);
+    }
+
+    async fn concurrent_accounting(d: Diode<(u64, u64)>) -> Arc<Diode<(u64, u64)>> {
         const WRITERS: u64 = 4;
         const PER_WRITER: u64 = 50_000;
-        let d = Arc::new(diode::<(u64, u64)>(64));
+        let d = Arc::new(d);
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let d = Arc::clone(&d);
@@ -321,6 +418,7 @@ mod tests {
         assert_eq!(d.written(), WRITERS * PER_WRITER);
         assert_eq!(d.written(), d.read() + d.dropped());
         assert_eq!(seen, d.read());
+        d
     }
 
     #[tokio::test]

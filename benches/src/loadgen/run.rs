@@ -218,8 +218,14 @@ impl Phase<'_> {
                     let received = sink.as_ref().map(|r| r.load(Ordering::Relaxed)).unwrap_or(0)
                         + sub_stats.iter().map(|st| st.received.load(Ordering::Relaxed)).sum::<u64>()
                         + stored;
+                    let worst = sub_stats.iter().map(|st| st.worst_us.swap(0, Ordering::Relaxed)).max().unwrap_or(0);
+                    let worst = if worst > 0 {
+                        format!("  worst latency {:.1} ms", worst as f64 / 1000.0)
+                    } else {
+                        String::new()
+                    };
                     eprintln!(
-                        "[{name} {:>5.1}s] sent {sent:>11} ({:>8}/s)  received {received:>11} ({:>8}/s per copy)  errors {}",
+                        "[{name} {:>5.1}s] sent {sent:>11} ({:>8}/s)  received {received:>11} ({:>8}/s per copy)  errors {}{worst}",
                         start.elapsed().as_secs_f64(),
                         sent - last_sent,
                         (received - last_received) / copies,

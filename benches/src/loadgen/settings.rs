@@ -134,7 +134,8 @@ pub struct Knobs {
     /// With --spawn: envelopes buffered per Doppler subscription (the original: 1000).
     #[arg(long)]
     pub subscription_buffer: Option<usize>,
-    /// With --spawn: the agent's ingress buffer (the original: 10000).
+    /// With --spawn: the agent's ingress buffer in envelopes (default: the agent's, 100000; the
+    /// original's is 10000).
     #[arg(long)]
     pub agent_buffer: Option<usize>,
     /// With --spawn: the agent's connections to Dopplers (the original: 5).
@@ -394,7 +395,7 @@ impl Settings {
             tls: pick!(tls, false),
             pipeline_threads: pick!(pipeline_threads, 1).max(1),
             subscription_buffer: pick!(subscription_buffer, 1000).max(1),
-            agent_buffer: pick!(agent_buffer, 10_000).max(1),
+            agent_buffer: pick!(agent_buffer, agent::Config::default().ingress_buffer.get()).max(1),
             agent_connections: pick!(agent_connections, 5).max(1),
             loadgen_threads: pick!(loadgen_threads, 2).max(1),
             baseline: pick!(baseline, false),

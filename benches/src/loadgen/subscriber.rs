@@ -34,6 +34,8 @@ pub struct SubStats {
     /// Envelopes from other sources than this run (other traffic of a shared deployment).
     pub foreign: AtomicU64,
     pub errors: AtomicU64,
+    /// Worst latency (µs) since the progress line last took it: shows when a stall happened.
+    pub worst_us: AtomicU64,
 }
 
 /// Every envelope type from every source: one selector per type, so nothing arrives twice.
@@ -156,7 +158,7 @@ impl Connection {
                 match message {
                     Ok(Some(batch)) => {
                         let now = now_nanos();
-                        let (mut n, mut foreign) = (0u64, 0u64);
+                        let (mut n, mut foreign, mut worst) = (0u64, 0u64, 0u64);
                         for envelope in Stamps::new(&batch) {
                             match envelope {
                                 Ok((source_id, _)) if !source_id.starts_with(self.source_prefix.as_bytes()) => {
@@ -166,6 +168,7 @@ impl Connection {
                                     n += 1;
                                     let micros = (now.saturating_sub(timestamp as i64) / 1000).max(1) as u64;
                                     histogram.saturating_record(micros);
+                                    worst = worst.max(micros);
                                 }
                                 Err(_) => {
                                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +177,7 @@ impl Connection {
                             }
                         }
                         self.stats.received.fetch_add(n, Ordering::Relaxed);
+                        self.stats.worst_us.fetch_max(worst, Ordering::Relaxed);
                         if foreign > 0 {
                             self.stats.foreign.fetch_add(foreign, Ordering::Relaxed);
                         }
