@@ -10,6 +10,10 @@ use serde::Deserialize;
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:8082";
 /// Doppler v2 egress diode size of the original (PROTOCOLS.md §2.5).
 pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 1000;
+/// Bytes buffered per subscription at most: 1000 envelopes of 4 KiB. Typical envelopes (under
+/// 1 KiB) meet the count first; this keeps a slow subscriber of large ones from holding up to
+/// 1000 × `max_message_bytes`.
+pub const DEFAULT_SUBSCRIPTION_BUFFER_BYTES: usize = 4 << 20;
 /// gRPC max receive message of the original (§2.7).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 
@@ -20,6 +24,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// Envelopes buffered per subscription; a slow subscriber loses the oldest beyond this.
     pub subscription_buffer: NonZeroUsize,
+    /// Bytes (encoded envelopes) buffered per subscription at most; the oldest go beyond it too.
+    pub subscription_buffer_bytes: usize,
     /// Most envelopes per egress batch. Batches go out as soon as a subscription holds anything,
     /// so the original's 100 ms flush interval is met without a setting of its own.
     pub batch_size: NonZeroUsize,
@@ -41,6 +47,7 @@ impl Default for Config {
         Self {
             grpc_addr: DEFAULT_GRPC_ADDR.parse().expect("constant address parses"),
             subscription_buffer: NonZeroUsize::new(DEFAULT_SUBSCRIPTION_BUFFER).expect("non-zero constant"),
+            subscription_buffer_bytes: DEFAULT_SUBSCRIPTION_BUFFER_BYTES,
             batch_size: NonZeroUsize::new(100).expect("non-zero constant"),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_subscriptions: 1000,

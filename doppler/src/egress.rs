@@ -83,7 +83,14 @@ impl Egress for EgressService {
                 "unable to create stream, max egress streams reached: {max}"
             )));
         }
-        let subscriber = Arc::new(Subscriber::new(Diode::new(self.config.subscription_buffer), self.dropped.clone()));
+        let subscriber = Arc::new(Subscriber::new(
+            Diode::with_weight_limit(
+                self.config.subscription_buffer,
+                self.config.subscription_buffer_bytes,
+                Bytes::len,
+            ),
+            self.dropped.clone(),
+        ));
         let id = self.router.subscribe(SubscriptionSpec {
             shard_id: request.shard_id,
             deterministic_name: request.deterministic_name,

@@ -214,7 +214,22 @@ async fn deterministic_names_keep_a_counter_on_one_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_loses_exactly_what_is_counted_and_slows_no_one() {
-    let config = Config { subscription_buffer: NonZeroUsize::new(200).unwrap(), ..Config::default() };
+    stalled_subscriber(Config { subscription_buffer: NonZeroUsize::new(200).unwrap(), ..Config::default() }).await;
+}
+
+/// The same with a buffer bounded by bytes (64 KiB, ~170 of these envelopes) rather than count:
+/// without the byte limit this one would hold all 30,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_holds_no_more_bytes_than_its_limit() {
+    stalled_subscriber(Config {
+        subscription_buffer: NonZeroUsize::new(100_000).unwrap(),
+        subscription_buffer_bytes: 64 << 10,
+        ..Config::default()
+    })
+    .await;
+}
+
+async fn stalled_subscriber(config: Config) {
     let doppler = start(config).await;
     // The stalled subscriber opens its stream and does not read it.
     let stalled = subscribe(doppler.addr, "", "", vec![log_selector("")]).await;

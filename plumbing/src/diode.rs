@@ -15,7 +15,7 @@
 //! wait is never missed.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicIsize, AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
@@ -33,10 +33,12 @@ pub struct Diode<T> {
 /// The second bound of [`Diode::with_weight_limit`].
 struct WeightLimit<T> {
     weigh: fn(&T) -> usize,
-    max: usize,
-    /// What the entries in the queue weigh. Added before an entry is queued and taken off when it
-    /// leaves, so it never underflows; between the two it may overstate, never understate.
-    held: AtomicUsize,
+    max: isize,
+    /// What the entries in the queue weigh. A write adds its entries' weight once, after queueing
+    /// them (one atomic per write, not per entry), so a reader may take an entry off first and the
+    /// sum dip below zero for a moment: it is exact whenever no write or read is in flight, and
+    /// the limit holds to within what concurrent writes have in flight.
+    held: AtomicIsize,
 }
 
 impl<T> Diode<T> {
@@ -48,7 +50,8 @@ impl<T> Diode<T> {
     /// `max_weight` (by `weigh`), a write drops the oldest, and counts them, until they fit. An
     /// entry heavier than the limit on its own is kept, alone.
     pub fn with_weight_limit(capacity: NonZeroUsize, max_weight: usize, weigh: fn(&T) -> usize) -> Self {
-        Self::build(capacity, Some(WeightLimit { weigh, max: max_weight, held: AtomicUsize::new(0) }))
+        let max = isize::try_from(max_weight).unwrap_or(isize::MAX);
+        Self::build(capacity, Some(WeightLimit { weigh, max, held: AtomicIsize::new(0) }))
     }
 
     fn build(capacity: NonZeroUsize, limit: Option<WeightLimit<T>>) -> Self {
@@ -81,17 +84,20 @@ impl<T> Diode<T> {
                 }
             }
             Some(limit) => {
+                let mut change = 0isize;
                 for value in values {
-                    limit.held.fetch_add((limit.weigh)(&value), Ordering::Relaxed);
+                    change = change.wrapping_add((limit.weigh)(&value) as isize);
                     if let Some(old) = self.queue.force_push(value) {
-                        limit.held.fetch_sub((limit.weigh)(&old), Ordering::Relaxed);
+                        change = change.wrapping_sub((limit.weigh)(&old) as isize);
                         displaced += 1;
                     }
                 }
+                let mut held = limit.held.fetch_add(change, Ordering::Relaxed).wrapping_add(change);
                 // Shed the oldest until the rest fits; the newest stays even if it alone does not.
-                while limit.held.load(Ordering::Relaxed) > limit.max && self.queue.len() > 1 {
+                while held > limit.max && self.queue.len() > 1 {
                     let Some(old) = self.queue.pop() else { break };
-                    limit.held.fetch_sub((limit.weigh)(&old), Ordering::Relaxed);
+                    let weight = (limit.weigh)(&old) as isize;
+                    held = limit.held.fetch_sub(weight, Ordering::Relaxed).wrapping_sub(weight);
                     displaced += 1;
                 }
             }
@@ -114,7 +120,7 @@ impl<T> Diode<T> {
         if let Some(value) = &value {
             self.read.fetch_add(1, Ordering::Relaxed);
             if let Some(limit) = &self.limit {
-                limit.held.fetch_sub((limit.weigh)(value), Ordering::Relaxed);
+                limit.held.fetch_sub((limit.weigh)(value) as isize, Ordering::Relaxed);
             }
         }
         value
@@ -141,7 +147,7 @@ impl<T> Diode<T> {
         let start = out.len();
         let mut bytes = 0usize;
         let mut popped = 0u64;
-        let mut weight = 0usize;
+        let mut weight = 0isize;
         if let Some(first) = carry.take() {
             bytes = size(&first);
             out.push(first);
@@ -150,7 +156,7 @@ impl<T> Diode<T> {
             let Some(value) = self.queue.pop() else { break };
             popped += 1;
             if let Some(limit) = &self.limit {
-                weight += (limit.weigh)(&value);
+                weight = weight.wrapping_add((limit.weigh)(&value) as isize);
             }
             let len = size(&value);
             if out.len() > start && bytes.saturating_add(len) > max_bytes {
@@ -213,7 +219,7 @@ impl<T> Diode<T> {
     /// What the held entries weigh (0 without a weight limit). Exact whenever no push or pop is
     /// in flight.
     pub fn weight(&self) -> usize {
-        self.limit.as_ref().map_or(0, |limit| limit.held.load(Ordering::Relaxed))
+        self.limit.as_ref().map_or(0, |limit| usize::try_from(limit.held.load(Ordering::Relaxed)).unwrap_or(0))
     }
 
     /// Entries pushed so far. Derived rather than counted, to keep one atomic off every push: each
