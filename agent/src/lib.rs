@@ -169,12 +169,15 @@ impl Agent {
 
         let connections = config.connections.get();
         let (queue_tx, queue_rx) = async_channel::bounded(connections);
-        tracker.spawn(egress::run_dispatcher(
+        // Stops the dispatcher and the connections where they stand when a shutdown's flush runs
+        // out of time, so that what they still hold can be counted as lost and nothing leaves after.
+        let halt = CancellationToken::new();
+        tracker.spawn(halt.clone().run_until_cancelled_owned(egress::run_dispatcher(
             Arc::clone(&diode),
             queue_tx.clone(),
             config.batch_size.get(),
             egress_token.clone(),
-        ));
+        )));
         let settings = Arc::new(ConnectionSettings {
             stream_max_age: config.stream_max_age,
             stream_max_envelopes: config.stream_max_envelopes,
@@ -191,7 +194,7 @@ impl Agent {
                 egress: self.metrics.egress.clone(),
                 dropped: self.metrics.dropped_egress.clone(),
             };
-            tracker.spawn(connection.run(egress_token.clone()));
+            tracker.spawn(halt.clone().run_until_cancelled_owned(connection.run(egress_token.clone())));
         }
 
         if let Some(socket) = self.udp {
@@ -222,11 +225,18 @@ impl Agent {
         // Ingress has stopped: flush the diode to the Dopplers, then stop the connections.
         egress_token.cancel();
         if !plumbing::shutdown::drain(&tracker, grace, "agent").await {
-            let mut lost = diode.len() as u64;
-            while let Ok(batch) = queue_rx.try_recv() {
-                lost += batch.len() as u64;
+            // What was accepted and is neither handed to a Doppler stream nor counted as dropped
+            // is lost: in the diode, in the queue, in the dispatcher's hands (the batch it is
+            // trying to queue, the envelope it carried over), or recovered by a connection from a
+            // failed stream. Counted by conservation once the egress tasks have stopped, so no
+            // holder can be missed and nothing is sent after the count.
+            halt.cancel();
+            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                tracing::warn!("agent egress tasks did not stop");
             }
-            self.metrics.dropped_egress.add(lost);
+            let m = &self.metrics;
+            let accounted = m.egress.get() + m.dropped_ingress.get() + m.dropped_egress.get();
+            m.dropped_egress.add(m.ingress.get().saturating_sub(accounted));
         }
         served?;
         Ok(())

@@ -170,6 +170,34 @@ async fn the_ingress_buffer_holds_no_more_bytes_than_its_limit() {
     drop(stalled);
 }
 
+/// A shutdown that cannot flush (the only Doppler never answers) counts everything it could not
+/// send, wherever the agent held it: accepted = handed to a stream + dropped at ingress + dropped
+/// at egress, to the envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_cannot_flush_counts_every_envelope_it_loses() {
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = agent::Config {
+        connections: NonZeroUsize::new(1).unwrap(),
+        shutdown_grace: Duration::from_millis(300),
+        ..agent_config(&[stalled.local_addr().unwrap()])
+    };
+    let (agent, _) = start_agent(config).await;
+    const N: u64 = 5_000;
+    send_batches(agent.addr, (0..N).map(log_envelope)).await;
+    let registry = agent.registry.clone();
+    agent.shutdown().await;
+    let count = |direction: &str| registry.sum("dropped", &[("direction", direction)]);
+    let (egress, dropped_ingress, dropped_egress) = (registry.sum("egress", &[]), count("ingress"), count("egress"));
+    assert_eq!(registry.sum("ingress", &[]), N);
+    assert!(dropped_egress > 0, "nothing reached a Doppler, so the shutdown lost something");
+    assert_eq!(
+        egress + dropped_ingress + dropped_egress,
+        N,
+        "egress {egress}, dropped {dropped_ingress} + {dropped_egress}"
+    );
+    drop(stalled);
+}
+
 /// Large envelopes: a hundred of them would make a batch past every receiver's limit (the
 /// Doppler's 10 MiB, a default gRPC client's 4 MiB), so batches are cut by size as well as count.
 /// The Doppler comes up only after the agent holds them all, so the agent's batches are as full
