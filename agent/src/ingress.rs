@@ -33,7 +33,10 @@ impl Intake {
     fn accept(&self, envelope: RawEnvelope) -> Result<(), Status> {
         let bytes = self.shaper.shape(envelope).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.ingress.inc();
-        self.dropped.add(self.diode.push(bytes));
+        let dropped = self.diode.push(bytes);
+        if dropped > 0 {
+            self.dropped.add(dropped);
+        }
         Ok(())
     }
 
