@@ -123,17 +123,7 @@ impl DopplerPool {
     }
 }
 
-/// Resolves every `host:port` entry; a name with many addresses contributes all of them.
-pub async fn resolve(entries: &[String]) -> Vec<SocketAddr> {
-    let mut addrs = Vec::new();
-    for entry in entries {
-        match tokio::net::lookup_host(entry.as_str()).await {
-            Ok(found) => addrs.extend(found),
-            Err(error) => tracing::warn!(doppler = %entry, %error, "cannot resolve doppler address"),
-        }
-    }
-    addrs
-}
+pub use plumbing::grpc::resolve;
 
 /// Re-resolves the Doppler entries every `interval` until shutdown. An empty result keeps the old list.
 pub async fn run_resolver(

@@ -6,34 +6,26 @@
 //! HTTP/2 frames, [`loggregator_proto::stream`]) and are scanned,
 //! never decoded, on their way into the store, which takes each batch whole (`Store::insert_batch`).
 //! A failed or ended stream is reopened with a backoff that doubles from 50 ms up to `max_backoff`
-//! and resets once a batch has been received.
+//! and resets once a batch has been received (the shared [`Subscription`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use loggregator_proto::raw::RawBatch;
-use loggregator_proto::stream::batched_receiver;
 use loggregator_proto::v2::{selector, EgressBatchRequest, Selector};
+use plumbing::subscriber::{Subscription, SubscriptionMetrics};
 use plumbing::{Counter, Registry};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use crate::config::NozzleConfig;
 use crate::service::Service;
-
-const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Why a subscription ended.
 #[derive(Debug, thiserror::Error)]
 pub enum NozzleError {
     #[error("invalid address: {0}")]
-    Address(String),
+    Address(#[from] tonic::transport::Error),
     #[error("TLS: {0}")]
     Tls(#[from] plumbing::tls::TlsError),
-    #[error("connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    #[error("stream: {0}")]
-    Stream(#[from] tonic::Status),
 }
 
 /// Counters of one nozzle (labelled with its address).
@@ -94,61 +86,34 @@ impl Nozzle {
         Self { addr, config, max_message_bytes, service, metrics }
     }
 
-    /// Subscribes until `token` is cancelled, reconnecting with backoff.
+    /// Subscribes until `token` is cancelled, reconnecting with backoff
+    /// ([`plumbing::subscriber::Subscription`]).
     pub async fn run(self, token: CancellationToken) {
-        let mut backoff = INITIAL_BACKOFF;
-        while !token.is_cancelled() {
-            let mut received_any = false;
-            match self.subscribe_once(&token, &mut received_any).await {
-                Ok(()) => tracing::info!(addr = %self.addr, "nozzle stream ended"),
-                Err(e) => tracing::warn!(addr = %self.addr, error = %e, "nozzle stream failed"),
+        let mut subscription = match self.subscription() {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                tracing::error!(addr = %self.addr, %error, "nozzle cannot subscribe");
+                return;
             }
-            if received_any {
-                backoff = INITIAL_BACKOFF;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = token.cancelled() => break,
-            }
-            backoff = (backoff * 2).min(self.config.max_backoff.max(INITIAL_BACKOFF));
-        }
-    }
-
-    async fn subscribe_once(&self, token: &CancellationToken, received_any: &mut bool) -> Result<(), NozzleError> {
-        // TLS is done by our connector (`plumbing::grpc`), so tonic sees a plain endpoint.
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| NozzleError::Address(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(15))
-            .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
-            .initial_stream_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
-            .initial_connection_window_size(plumbing::grpc::SUBSCRIBER_WINDOW)
-            .keep_alive_timeout(Duration::from_secs(20));
-        let tls = self.config.tls.as_ref().map(|tls| tls.grpc_client_config(&self.config.server_name)).transpose()?;
-        let mut channel = tokio::select! {
-            channel = plumbing::grpc::connect(&endpoint, tls) => channel?,
-            _ = token.cancelled() => return Ok(()),
         };
-        let request = subscription_request(&self.config.shard_id);
-        let mut stream = tokio::select! {
-            stream = batched_receiver(&mut channel, &request, self.max_message_bytes) => stream?,
-            _ = token.cancelled() => return Ok(()),
-        };
-        self.metrics.connects.inc();
-        tracing::info!(addr = %self.addr, "nozzle subscribed");
+        tracing::info!(addr = %self.addr, "nozzle subscribing");
         // The scanned envelopes of one batch; reused so that a batch allocates only the stored copies.
         let mut scanned = Vec::new();
-        loop {
-            let message = tokio::select! {
-                message = stream.message() => message?,
-                _ = token.cancelled() => return Ok(()),
-            };
-            let Some(batch) = message else {
-                return Ok(());
-            };
-            *received_any = true;
+        while let Some(batch) = subscription.next(&token).await {
             let count = self.service.ingest_batch(RawBatch(batch).scan(), &mut scanned).await;
             self.metrics.received.add(count as u64);
         }
+    }
+
+    fn subscription(&self) -> Result<Subscription, NozzleError> {
+        let tls = self.config.tls.as_ref().map(|tls| tls.grpc_client_config(&self.config.server_name)).transpose()?;
+        let channel = plumbing::subscriber::lazy_channel(&self.addr, tls)?;
+        let request = subscription_request(&self.config.shard_id);
+        Ok(Subscription::new(self.addr.clone(), channel, request, self.max_message_bytes)
+            .with_max_backoff(self.config.max_backoff)
+            .with_metrics(SubscriptionMetrics {
+                connects: self.metrics.connects.clone(),
+                failures: Counter::default(),
+            }))
     }
 }

@@ -1,6 +1,7 @@
 //! Shared machinery of every component: the pieces that must behave the same everywhere.
 //!
 //! Layout:
+//! - [`buffer`]: a bounded drop-oldest envelope buffer that allocates only as it fills (RLP streams).
 //! - [`diode`]: the bounded many-writer / one-reader ring buffer that drops the oldest and counts it.
 //! - [`telemetry`]: a tiny Prometheus registry (the original's counter names: `ingress`, `egress`,
 //!   `dropped{direction}`, ...) and the `/metrics` HTTP server.
@@ -8,12 +9,16 @@
 //! - [`tls`]: mutual-TLS configuration from CA/cert/key files for tonic servers and clients.
 //! - [`tls_stream`]: TLS connections whose records we seal and open ourselves after rustls's
 //!   handshake (every gRPC hop of the project).
+//! - [`subscriber`]: one reconnecting `BatchedReceiver` subscription with backoff (nozzle, RLP,
+//!   load generator).
 //! - [`shutdown`]: turning a shutdown future into a cancellation token, and bounded drains.
 //! - `test_support` (feature `test-support`): `wait_until`, in-process test certificates.
 
+pub mod buffer;
 pub mod diode;
 pub mod grpc;
 pub mod shutdown;
+pub mod subscriber;
 pub mod telemetry;
 pub mod tls;
 pub mod tls_stream;

@@ -155,11 +155,21 @@ impl TlsFiles {
     }
 
     fn key(&self) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
-        let pem = read(&self.key_file)?;
-        rustls_pemfile::private_key(&mut &pem[..])
-            .map_err(|e| TlsError::Pem { path: self.key_file.clone(), reason: e.to_string() })?
-            .ok_or_else(|| TlsError::Pem { path: self.key_file.clone(), reason: "no private key".into() })
+        read_key(&self.key_file)
     }
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    pem_certs(path)
+}
+
+/// The private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: e.to_string() })?
+        .ok_or_else(|| TlsError::Pem { path: path.to_path_buf(), reason: "no private key".into() })
 }
 
 fn pem_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
