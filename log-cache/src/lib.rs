@@ -13,13 +13,13 @@
 //! - [`grpc`]: `logcache.v1.Egress` and `Ingress`.
 //! - [`query`]: `logcache.v1.PromQLQuerier` and the data source of the [`promql`] engine.
 //! - [`gateway`]: the HTTP JSON gateway (`/api/v1/read`, `meta`, `query`, `query_range`, `info`, §6.7).
-//! - [`auth`]: optional bearer-JWT authorization of the HTTP API (§6.8).
+//! - [`query_auth`]: PromQL source-id expansion and rewrite for the HTTP API's optional
+//!   authorization (§6.8); tokens and access checks are the `auth` crate's.
 //! - [`nozzle`]: `BatchedReceiver` subscriptions to Dopplers / RLPs.
 //! - [`syslog`]: the RFC 5424 octet-counting syslog server (§6.10).
 //!
 //! Metrics (`component="log-cache"`): see the crate README.
 
-pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
@@ -27,6 +27,7 @@ pub mod grpc;
 pub mod nozzle;
 pub mod promql;
 pub mod query;
+pub mod query_auth;
 pub mod service;
 pub mod store;
 pub mod syslog;

@@ -2,8 +2,8 @@
 
 mod common;
 
+use auth::{JwtKey, Secret};
 use common::*;
-use log_cache::config::{JwtKey, Secret};
 
 const SECRET: &str = "integration-secret";
 

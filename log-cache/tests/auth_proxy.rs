@@ -7,13 +7,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use auth::{JwtKey, Secret};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get as get_route;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use log_cache::config::{JwtKey, Secret};
 use log_cache::{Config, StartError};
 use parking_lot::Mutex;
 use plumbing::test_support::TestPki;

@@ -1,6 +1,6 @@
 //! The HTTP JSON gateway (§6.7): `/api/v1/read/{source_id}`, `/api/v1/meta`, `/api/v1/query`,
 //! `/api/v1/query_range` and `/api/v1/info`, with the original's exact bodies (every JSON body ends
-//! with `\n`), and the authorization of the cf-auth-proxy when configured (§6.8, [`crate::auth`]).
+//! with `\n`), and the authorization of the cf-auth-proxy when configured (§6.8, the `auth` crate and [`crate::query_auth`]).
 //!
 //! Errors become HTTP responses in [`error_response`] (grpc-gateway shape) and
 //! [`query_error_response`] (Prometheus shape), nowhere else.
@@ -20,9 +20,10 @@ use axum::Router;
 use loggregator_proto::logcache::v1::{MetaRequest, MetaResponse};
 use tonic::Code;
 
-use crate::auth::{Authorizer, Caller, QueryRejection};
 use crate::query::Querier;
+use crate::query_auth::{self, QueryRejection};
 use crate::service::{ApiError, EncodedRead, Service};
+use auth::{Authorizer, Caller};
 
 pub use params::{parse_read_request, ParamError};
 
@@ -279,10 +280,10 @@ async fn authorize_query(state: &HttpState, headers: &HeaderMap, query: String) 
     let Some(authorizer) = &state.authorizer else {
         return Ok(query);
     };
-    match authorizer.authorize_query(authorization_header(headers), &query).await {
+    match query_auth::authorize_query(authorizer, authorization_header(headers), &query).await {
         Ok(query) => Ok(query),
         Err(QueryRejection::BadQuery(error)) => Err(bad_data(error.to_string())),
-        Err(QueryRejection::Denied(_)) => Err(Rejection::NotFound),
+        Err(QueryRejection::Denied(_) | QueryRejection::Rewrite) => Err(Rejection::NotFound),
     }
 }
 

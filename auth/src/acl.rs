@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{AuthError, Caller, SourceAccess};
+use super::{async_trait, AuthError, Caller, SourceAccess};
 
 /// A static ACL: identity → source ids.
 ///
@@ -41,7 +41,7 @@ impl StaticAcl {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait]
 impl SourceAccess for StaticAcl {
     async fn may_read(&self, caller: &Caller, source_id: &str) -> bool {
         caller.identities.iter().any(|id| self.sources.get(id).is_some_and(|s| s.contains(source_id)))

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio_rustls::rustls;
 
 use super::https::{self, HttpsClient};
-use super::{AuthError, Caller, SourceAccess};
+use super::{async_trait, AuthError, Caller, SourceAccess};
 
 /// Most cached answers; expired entries are dropped when full, and everything if that is not enough.
 const CACHE_CAPACITY: usize = 10_000;
@@ -222,7 +222,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-#[tonic::async_trait]
+#[async_trait]
 impl SourceAccess for CloudController {
     async fn may_read(&self, caller: &Caller, source_id: &str) -> bool {
         if !is_path_safe(source_id) {

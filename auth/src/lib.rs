@@ -1,27 +1,33 @@
-//! Authorization of the HTTP API, as the original's `log-cache-cf-auth-proxy` does it (§6.8); off by
-//! default.
+//! Authorization shared by the services that answer clients over HTTP: log-cache's HTTP API (the
+//! original's `log-cache-cf-auth-proxy`, PROTOCOLS.md §6.8) and the traffic controller. Off unless a
+//! service's config enables it ([`AuthConfig`]).
 //!
-//! The token comes only from the `Authorization` header (a `bearer` prefix is stripped
-//! case-insensitively) and is a JWT verified locally, `exp` included, against the keys UAA publishes
-//! on `/token_keys` ([`UaaKeys`], chosen by the token's `kid`) and/or statically configured keys. A
-//! token with scope `doppler.firehose` or `logs.admin` is admin and reads everything. Anyone else may
-//! read a source id only if a [`SourceAccess`] check allows it: a static ACL file ([`StaticAcl`]), or
-//! a Cloud-Controller-style API ([`CloudController`]: `GET /v3/apps/{id}` or
+//! A caller is a verified JWT: the token comes from an `Authorization` header (or the traffic
+//! controller's `authorization` cookie), a `bearer` prefix stripped case-insensitively
+//! ([`bearer_token`]), and is verified locally, `exp` included, against the keys UAA publishes on
+//! `/token_keys` ([`UaaKeys`], chosen by the token's `kid`) and/or statically configured keys
+//! ([`Authorizer::authenticate`] → [`Caller`] or [`Denied`]). A caller with scope `doppler.firehose`
+//! or `logs.admin` is admin ([`ADMIN_SCOPES`]) and reads everything; any scope can be asked for with
+//! [`Caller::has_scope`]. Anyone else may read a source id (an app GUID) only if a [`SourceAccess`]
+//! check allows it ([`Authorizer::may_read`]): a static ACL file ([`StaticAcl`]), or a
+//! Cloud-Controller-style API ([`CloudController`]: `GET /v3/apps/{id}` or
 //! `GET /v3/service_instances/{id}` answering 200 with the caller's token, cached per token and id).
 //!
-//! PromQL queries ([`Authorizer::authorize_query`]) must name source ids; each is also taken as an app
-//! name and expanded to the GUIDs of the apps of that name, for admins too; non-admins keep only the
-//! ids they may read, and the query is rewritten to name them. Every refusal is answered 404 with an
-//! empty body, except a query that names no source id or does not parse (400, Prometheus shape).
+//! What a refusal looks like on the wire is the service's choice: log-cache answers every [`Denied`]
+//! with an empty 404, as the original's auth proxy does.
 //!
-//! Layout: [`acl`] (static ACL), [`cloud_controller`] (CC checks), [`uaa`] (UAA token keys),
-//! [`https`] (the transport of the CC and UAA clients, rustls), [`query`] (source ids of a query and
-//! its rewrite).
+//! Layout:
+//! - this file: [`Authorizer`], [`Caller`], [`Denied`], the [`SourceAccess`] trait, token parsing.
+//! - [`config`]: [`AuthConfig`] (the `auth.*` keys of a service's config), [`JwtKey`], [`Secret`].
+//! - [`acl`]: the static ACL.
+//! - [`cloud_controller`]: the CC checks, app-name lookups and their cache.
+//! - [`uaa`]: UAA token keys, re-fetched on an unknown `kid`.
+//! - [`https`]: the transport of the CC and UAA clients (hyper-util over rustls).
 
 pub mod acl;
 pub mod cloud_controller;
+pub mod config;
 pub mod https;
-pub mod query;
 pub mod uaa;
 
 use std::collections::{HashMap, HashSet};
@@ -29,12 +35,14 @@ use std::collections::{HashMap, HashSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+/// The attribute [`SourceAccess`] implementations need (`#[auth::async_trait]`).
+pub use async_trait::async_trait;
+
 pub use acl::StaticAcl;
 pub use cloud_controller::CloudController;
-pub use query::{QueryError, SourceIdQuery};
 pub use uaa::UaaKeys;
 
-use crate::config::{AuthConfig, JwtKey};
+pub use config::{AuthConfig, JwtKey, Secret};
 
 /// Scopes that make a caller admin (§6.8, §9.5).
 pub const ADMIN_SCOPES: [&str; 2] = ["doppler.firehose", "logs.admin"];
@@ -42,6 +50,8 @@ pub const ADMIN_SCOPES: [&str; 2] = ["doppler.firehose", "logs.admin"];
 /// Why the authorizer could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    #[error("invalid auth configuration: {0}")]
+    Config(#[from] config::ConfigError),
     #[error("jwt key with algorithm `{algorithm}`: {reason}")]
     Key { algorithm: String, reason: String },
     #[error("cannot read ACL file {path}: {reason}")]
@@ -54,7 +64,7 @@ pub enum AuthError {
     Tls { target: &'static str, source: https::TlsClientError },
 }
 
-/// Why a request is refused; all of them answer 404 with an empty body.
+/// Why a request is refused. log-cache answers all of them 404 with an empty body (§6.8).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     #[error("no bearer token")]
@@ -63,25 +73,15 @@ pub enum Denied {
     InvalidToken,
     #[error("source id not allowed")]
     NotAllowed,
-    #[error("query could not be rewritten")]
-    Rewrite,
-}
-
-/// Why a PromQL query is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QueryRejection {
-    /// 404 with an empty body.
-    #[error(transparent)]
-    Denied(#[from] Denied),
-    /// 400 `{"status":"error","errorType":"bad_data","error":"<message>"}`.
-    #[error(transparent)]
-    BadQuery(#[from] QueryError),
 }
 
 /// A verified caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// Holds one of [`ADMIN_SCOPES`]: reads every source id.
     pub admin: bool,
+    /// The token's `scope` claim.
+    pub scopes: Vec<String>,
     /// The raw token, to call Cloud Controller on the caller's behalf.
     pub token: String,
     /// `user_id`, `sub` and `client_id` claims present in the token: the ACL's keys.
@@ -92,7 +92,12 @@ impl Caller {
     fn new(claims: Claims, token: &str) -> Self {
         let admin = claims.scope.iter().any(|s| ADMIN_SCOPES.contains(&s.as_str()));
         let identities = [claims.user_id, claims.sub, claims.client_id].into_iter().flatten().collect();
-        Self { admin, token: token.to_string(), identities }
+        Self { admin, scopes: claims.scope, token: token.to_string(), identities }
+    }
+
+    /// Whether the token grants `scope` (exact match, as UAA scopes are compared).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
     }
 }
 
@@ -109,7 +114,7 @@ struct Claims {
 }
 
 /// A check of which source ids a non-admin caller may read.
-#[tonic::async_trait]
+#[async_trait]
 pub trait SourceAccess: Send + Sync {
     async fn may_read(&self, caller: &Caller, source_id: &str) -> bool;
 
@@ -143,7 +148,10 @@ impl std::fmt::Debug for Authorizer {
 }
 
 impl Authorizer {
+    /// The authorizer an [`AuthConfig`] describes (validated here too): its keys, its UAA, and its
+    /// checks, the ACL first.
     pub fn from_config(config: &AuthConfig) -> Result<Self, AuthError> {
+        config.validate()?;
         let tls = |target: &'static str, verification: Option<https::ServerVerification>| match verification {
             Some(verification) => {
                 https::client_config(&verification).map(Some).map_err(|source| AuthError::Tls { target, source })
@@ -177,7 +185,9 @@ impl Authorizer {
         self
     }
 
-    /// Verifies the bearer token of a request.
+    /// Verifies the token of a request: the value of its `Authorization` header, or of the cookie
+    /// that carries the token, `bearer ` prefix (any case) optional. `None` or an empty value is
+    /// [`Denied::NoToken`]; a token no key verifies (or expired) is [`Denied::InvalidToken`].
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Denied> {
         let token = bearer_token(authorization.ok_or(Denied::NoToken)?);
         if token.is_empty() {
@@ -198,7 +208,8 @@ impl Authorizer {
         Err(Denied::InvalidToken)
     }
 
-    /// Whether the caller may read `source_id`.
+    /// Whether the caller may read `source_id` (an app GUID, a service instance GUID, or a system
+    /// component's source id): admins always, anyone else when a configured check allows it.
     pub async fn may_read(&self, caller: &Caller, source_id: &str) -> bool {
         if caller.admin {
             return true;
@@ -223,59 +234,22 @@ impl Authorizer {
         Some(all)
     }
 
-    /// Authorizes a PromQL query (`/api/v1/query`, `/api/v1/query_range`, §6.8) and returns the query
-    /// to evaluate: its source ids expanded from app names and, for non-admins, cut down to those the
-    /// caller may read.
-    ///
-    /// The steps are the original's, in its order: a missing header is refused first, then a query
-    /// that does not parse or names no source id (400), then an invalid token.
-    pub async fn authorize_query(&self, authorization: Option<&str>, query: &str) -> Result<String, QueryRejection> {
-        if authorization.is_none_or(|header| bearer_token(header).is_empty()) {
-            return Err(Denied::NoToken.into());
-        }
-        let parsed = SourceIdQuery::parse(query)?;
-        let caller = self.authenticate(authorization).await?;
+    /// The GUIDs of the apps named `names` that the caller can see, by name, from every check that
+    /// knows app names (log-cache's PromQL app-name expansion, §6.8).
+    pub async fn app_guids_by_name(&self, caller: &Caller, names: &[String]) -> HashMap<String, Vec<String>> {
         let mut guids_by_name: HashMap<String, Vec<String>> = HashMap::new();
         for check in &self.checks {
-            for (name, guids) in check.app_guids_by_name(&caller, parsed.source_ids()).await {
+            for (name, guids) in check.app_guids_by_name(caller, names).await {
                 guids_by_name.entry(name).or_default().extend(guids);
             }
         }
-        let mut expansions = HashMap::with_capacity(parsed.source_ids().len());
-        for id in parsed.source_ids() {
-            // The GUIDs of the apps named `id`, then `id` itself (it may be a GUID, or a system
-            // component's source id).
-            let mut ids = guids_by_name.remove(id).unwrap_or_default();
-            ids.push(id.clone());
-            let mut seen = HashSet::new();
-            ids.retain(|candidate| seen.insert(candidate.clone()));
-            if !caller.admin {
-                let mut allowed = Vec::with_capacity(ids.len());
-                for candidate in ids {
-                    if self.may_read(&caller, &candidate).await {
-                        allowed.push(candidate);
-                    }
-                }
-                if allowed.is_empty() {
-                    return Err(Denied::NotAllowed.into());
-                }
-                ids = allowed;
-            }
-            expansions.insert(id.clone(), ids);
-        }
-        if expansions.iter().all(|(id, ids)| matches!(ids.as_slice(), [only] if only == id)) {
-            return Ok(query.to_string());
-        }
-        parsed.rewrite(&expansions).map_err(|error| {
-            tracing::warn!(%error, "promql source id rewrite refused");
-            QueryRejection::Denied(Denied::Rewrite)
-        })
+        guids_by_name
     }
 }
 
 /// The token of an `Authorization` header: `bearer` and the whitespace after it stripped, in any
 /// case (`(?i)^bearer\s+` in the original); a header without the prefix is the token itself.
-fn bearer_token(header: &str) -> &str {
+pub fn bearer_token(header: &str) -> &str {
     let header = header.trim();
     match (header.get(..6), header.get(6..)) {
         (Some(prefix), Some(rest))

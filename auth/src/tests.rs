@@ -1,11 +1,8 @@
-//! Token verification and the query authorization steps, with in-memory source access checks.
-
-use std::collections::{HashMap, HashSet};
+//! Token verification, scopes, the static ACL, and UAA key fetching against a stub on 127.0.0.1:0.
 
 use jsonwebtoken::{encode, EncodingKey, Header};
 
 use super::*;
-use crate::config::Secret;
 
 const SECRET: &str = "test-secret";
 
@@ -24,45 +21,6 @@ fn authorizer(acl: &str) -> Authorizer {
     Authorizer::new(&[key()], vec![Box::new(StaticAcl::parse(acl).expect("valid acl"))]).expect("valid key")
 }
 
-/// App names known to a fake CC, and which GUIDs each user may read.
-struct FakeApps {
-    apps: Vec<(&'static str, &'static str)>,
-    readable: HashMap<&'static str, Vec<&'static str>>,
-}
-
-#[tonic::async_trait]
-impl SourceAccess for FakeApps {
-    async fn may_read(&self, caller: &Caller, source_id: &str) -> bool {
-        caller.identities.iter().any(|id| self.readable.get(id.as_str()).is_some_and(|ids| ids.contains(&source_id)))
-    }
-
-    async fn readable_sources(&self, _caller: &Caller) -> HashSet<String> {
-        HashSet::new()
-    }
-
-    async fn app_guids_by_name(&self, _caller: &Caller, names: &[String]) -> HashMap<String, Vec<String>> {
-        let mut guids: HashMap<String, Vec<String>> = HashMap::new();
-        for (guid, name) in &self.apps {
-            if names.iter().any(|n| n == name) {
-                guids.entry(name.to_string()).or_default().push(guid.to_string());
-            }
-        }
-        guids
-    }
-}
-
-fn fake_cc_authorizer() -> Authorizer {
-    let fake = FakeApps {
-        apps: vec![("g-web-1", "web"), ("g-web-2", "web"), ("g-api", "api")],
-        readable: [("alice", vec!["g-web-1", "g-api"]), ("bob", vec!["sys"])].into_iter().collect(),
-    };
-    Authorizer::new(&[key()], vec![Box::new(fake)]).expect("valid key")
-}
-
-fn bearer(scopes: &[&str], user: &str) -> String {
-    format!("bearer {}", token(scopes, user, 60))
-}
-
 #[tokio::test]
 async fn admin_scopes_read_everything() {
     let auth = authorizer("");
@@ -72,6 +30,18 @@ async fn admin_scopes_read_everything() {
         assert!(auth.may_read(&caller, "anything").await);
         assert_eq!(auth.readable_sources(&caller).await, None);
     }
+}
+
+#[tokio::test]
+async fn scopes_are_kept_and_asked_for_exactly() {
+    let auth = authorizer("");
+    let caller = auth.authenticate(Some(&token(&["doppler.firehose", "openid"], "u", 60))).await.expect("valid");
+    assert_eq!(caller.scopes, ["doppler.firehose", "openid"]);
+    assert!(caller.has_scope("doppler.firehose"));
+    assert!(!caller.has_scope("doppler"));
+    assert!(!caller.has_scope("logs.admin"));
+    let user = auth.authenticate(Some(&token(&["openid"], "u", 60))).await.expect("valid");
+    assert!(!user.admin && !user.has_scope("doppler.firehose"));
 }
 
 #[tokio::test]
@@ -115,44 +85,6 @@ async fn non_admins_read_what_the_acl_allows() {
     assert!(!auth.may_read(&bob, "app-1").await);
     let visible = auth.readable_sources(&alice).await.expect("not admin");
     assert_eq!(visible, ["app-1", "app-2"].iter().map(|s| s.to_string()).collect());
-}
-
-#[tokio::test]
-async fn query_steps_run_in_the_original_order() {
-    let auth = fake_cc_authorizer();
-    let no_header = auth.authorize_query(None, "up").await.unwrap_err();
-    assert_eq!(no_header, QueryRejection::Denied(Denied::NoToken));
-    let bad = auth.authorize_query(Some("bearer nonsense"), "up").await.unwrap_err();
-    assert_eq!(bad, QueryRejection::BadQuery(QueryError::NoSourceIds), "the query is checked before the token");
-    let bad_token = auth.authorize_query(Some("bearer nonsense"), r#"up{source_id="a"}"#).await.unwrap_err();
-    assert_eq!(bad_token, QueryRejection::Denied(Denied::InvalidToken));
-}
-
-#[tokio::test]
-async fn admins_get_app_names_expanded_and_keep_the_name() {
-    let auth = fake_cc_authorizer();
-    let admin = bearer(&["logs.admin"], "root");
-    let query = auth.authorize_query(Some(&admin), r#"cpu{source_id="web"}"#).await.expect("allowed");
-    assert_eq!(query, r#"cpu{source_id=~"g-web-1|g-web-2|web"}"#);
-    let untouched = r#"cpu{source_id="g-api"}  +  1"#;
-    assert_eq!(auth.authorize_query(Some(&admin), untouched).await.expect("allowed"), untouched);
-}
-
-#[tokio::test]
-async fn non_admins_keep_only_what_they_may_read() {
-    let auth = fake_cc_authorizer();
-    let alice = bearer(&[], "alice");
-    let query = auth.authorize_query(Some(&alice), r#"cpu{source_id="web"}"#).await.expect("allowed");
-    assert_eq!(query, r#"cpu{source_id="g-web-1"}"#);
-    let query = auth.authorize_query(Some(&alice), r#"cpu{source_id=~"web|api"}"#).await.expect("allowed");
-    assert_eq!(query, r#"cpu{source_id=~"g-web-1|g-api"}"#);
-    let denied = auth.authorize_query(Some(&alice), r#"cpu{source_id=~"web|sys"}"#).await.unwrap_err();
-    assert_eq!(denied, QueryRejection::Denied(Denied::NotAllowed), "every named id must leave something");
-    let bob = bearer(&[], "bob");
-    assert_eq!(
-        auth.authorize_query(Some(&bob), r#"cpu{source_id="sys"}"#).await.expect("allowed"),
-        r#"cpu{source_id="sys"}"#
-    );
 }
 
 // === UAA token keys ===
@@ -246,4 +178,11 @@ fn uaa_url_must_be_http_or_https_with_tls() {
     assert!(matches!(UaaKeys::new("ftp://uaa", None, std::time::Duration::ZERO), Err(AuthError::UaaUrl { .. })));
     assert!(matches!(UaaKeys::new("https://uaa", None, std::time::Duration::ZERO), Err(AuthError::UaaUrl { .. })));
     assert!(UaaKeys::new("http://uaa:8080/", None, std::time::Duration::ZERO).is_ok());
+}
+
+#[test]
+fn from_config_refuses_an_invalid_section() {
+    let config = AuthConfig { enabled: true, ..AuthConfig::default() };
+    let error = Authorizer::from_config(&config).unwrap_err();
+    assert!(matches!(&error, AuthError::Config(config::ConfigError { field: "jwt_keys", .. })), "{error}");
 }

@@ -1,0 +1,98 @@
+//! The query authorization steps, with an in-memory Cloud Controller that knows app names.
+
+use std::collections::{HashMap, HashSet};
+
+use auth::{async_trait, Authorizer, Caller, JwtKey, Secret, SourceAccess};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+use super::*;
+
+const SECRET: &str = "test-secret";
+
+fn token(scopes: &[&str], user: &str, exp_offset: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after epoch");
+    let exp = now.as_secs() as i64 + exp_offset;
+    let claims = serde_json::json!({ "scope": scopes, "user_id": user, "exp": exp });
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("encodes")
+}
+
+fn key() -> JwtKey {
+    JwtKey { algorithm: "HS256".into(), key: Secret(SECRET.into()) }
+}
+
+/// App names known to a fake CC, and which GUIDs each user may read.
+struct FakeApps {
+    apps: Vec<(&'static str, &'static str)>,
+    readable: HashMap<&'static str, Vec<&'static str>>,
+}
+
+#[async_trait]
+impl SourceAccess for FakeApps {
+    async fn may_read(&self, caller: &Caller, source_id: &str) -> bool {
+        caller.identities.iter().any(|id| self.readable.get(id.as_str()).is_some_and(|ids| ids.contains(&source_id)))
+    }
+
+    async fn readable_sources(&self, _caller: &Caller) -> HashSet<String> {
+        HashSet::new()
+    }
+
+    async fn app_guids_by_name(&self, _caller: &Caller, names: &[String]) -> HashMap<String, Vec<String>> {
+        let mut guids: HashMap<String, Vec<String>> = HashMap::new();
+        for (guid, name) in &self.apps {
+            if names.iter().any(|n| n == name) {
+                guids.entry(name.to_string()).or_default().push(guid.to_string());
+            }
+        }
+        guids
+    }
+}
+
+fn fake_cc_authorizer() -> Authorizer {
+    let fake = FakeApps {
+        apps: vec![("g-web-1", "web"), ("g-web-2", "web"), ("g-api", "api")],
+        readable: [("alice", vec!["g-web-1", "g-api"]), ("bob", vec!["sys"])].into_iter().collect(),
+    };
+    Authorizer::new(&[key()], vec![Box::new(fake)]).expect("valid key")
+}
+
+fn bearer(scopes: &[&str], user: &str) -> String {
+    format!("bearer {}", token(scopes, user, 60))
+}
+
+#[tokio::test]
+async fn query_steps_run_in_the_original_order() {
+    let auth = fake_cc_authorizer();
+    let no_header = authorize_query(&auth, None, "up").await.unwrap_err();
+    assert_eq!(no_header, QueryRejection::Denied(Denied::NoToken));
+    let bad = authorize_query(&auth, Some("bearer nonsense"), "up").await.unwrap_err();
+    assert_eq!(bad, QueryRejection::BadQuery(QueryError::NoSourceIds), "the query is checked before the token");
+    let bad_token = authorize_query(&auth, Some("bearer nonsense"), r#"up{source_id="a"}"#).await.unwrap_err();
+    assert_eq!(bad_token, QueryRejection::Denied(Denied::InvalidToken));
+}
+
+#[tokio::test]
+async fn admins_get_app_names_expanded_and_keep_the_name() {
+    let auth = fake_cc_authorizer();
+    let admin = bearer(&["logs.admin"], "root");
+    let query = authorize_query(&auth, Some(&admin), r#"cpu{source_id="web"}"#).await.expect("allowed");
+    assert_eq!(query, r#"cpu{source_id=~"g-web-1|g-web-2|web"}"#);
+    let untouched = r#"cpu{source_id="g-api"}  +  1"#;
+    assert_eq!(authorize_query(&auth, Some(&admin), untouched).await.expect("allowed"), untouched);
+}
+
+#[tokio::test]
+async fn non_admins_keep_only_what_they_may_read() {
+    let auth = fake_cc_authorizer();
+    let alice = bearer(&[], "alice");
+    let query = authorize_query(&auth, Some(&alice), r#"cpu{source_id="web"}"#).await.expect("allowed");
+    assert_eq!(query, r#"cpu{source_id="g-web-1"}"#);
+    let query = authorize_query(&auth, Some(&alice), r#"cpu{source_id=~"web|api"}"#).await.expect("allowed");
+    assert_eq!(query, r#"cpu{source_id=~"g-web-1|g-api"}"#);
+    let denied = authorize_query(&auth, Some(&alice), r#"cpu{source_id=~"web|sys"}"#).await.unwrap_err();
+    assert_eq!(denied, QueryRejection::Denied(Denied::NotAllowed), "every named id must leave something");
+    let bob = bearer(&[], "bob");
+    assert_eq!(
+        authorize_query(&auth, Some(&bob), r#"cpu{source_id="sys"}"#).await.expect("allowed"),
+        r#"cpu{source_id="sys"}"#
+    );
+}
