@@ -32,6 +32,8 @@ enum Command {
     Doppler(DopplerArgs),
     /// A Log Cache node: the in-memory store of recent envelopes with its gRPC and HTTP APIs.
     LogCache(LogCacheArgs),
+    /// The egress edge: reverse log proxy (gRPC), RLP gateway (SSE) and v1 WebSockets.
+    TrafficController(TrafficControllerArgs),
 }
 
 /// Flags every component has.
@@ -155,6 +157,52 @@ struct LogCacheArgs {
     promql_unimplemented: Option<bool>,
 }
 
+#[derive(Args, Debug)]
+struct TrafficControllerArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Mutual TLS of the RLP's gRPC server (clients verify the name `reverselogproxy`).
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Doppler `host:port`, repeatable or comma-separated; a DNS name may resolve to many Dopplers.
+    #[arg(long = "doppler", env = "TC_DOPPLERS", value_delimiter = ',')]
+    dopplers: Vec<String>,
+    /// CA, certificate and key (PEM) for mutual TLS towards the Dopplers (server name `doppler`).
+    #[arg(long, env = "TC_DOPPLER_CA_FILE", requires_all = ["doppler_cert", "doppler_key"])]
+    doppler_ca: Option<PathBuf>,
+    #[arg(long, env = "TC_DOPPLER_CERT_FILE", requires_all = ["doppler_ca", "doppler_key"])]
+    doppler_cert: Option<PathBuf>,
+    #[arg(long, env = "TC_DOPPLER_KEY_FILE", requires_all = ["doppler_ca", "doppler_cert"])]
+    doppler_key: Option<PathBuf>,
+    /// Reverse log proxy gRPC address.
+    #[arg(long, env = "RLP_ADDR")]
+    rlp_addr: Option<SocketAddr>,
+    /// RLP gateway HTTP address.
+    #[arg(long, env = "RLP_GATEWAY_ADDR")]
+    gateway_addr: Option<SocketAddr>,
+    /// The RLP the gateway reads (`host:port`); by default this process's own, over gRPC, as the
+    /// original gateway reads its local RLP.
+    #[arg(long, env = "RLP_GATEWAY_RLP")]
+    gateway_rlp: Option<String>,
+    /// Traffic controller HTTP/WebSocket address.
+    #[arg(long, env = "TC_ADDR")]
+    websocket_addr: Option<SocketAddr>,
+    /// Log Cache gRPC address for `recentlogs` and `containermetrics`.
+    #[arg(long, env = "TC_LOG_CACHE")]
+    log_cache: Option<String>,
+    /// The local agent's gRPC address, where events (slow consumers) are sent.
+    #[arg(long, env = "TC_AGENT")]
+    agent: Option<String>,
+    /// Certificate and key (PEM) of the public HTTPS/WSS listeners.
+    #[arg(long, env = "TC_PUBLIC_CERT_FILE", requires = "public_key")]
+    public_cert: Option<PathBuf>,
+    #[arg(long, env = "TC_PUBLIC_KEY_FILE", requires = "public_cert")]
+    public_key: Option<PathBuf>,
+    /// Serve public listeners off loopback without authentication anyway.
+    #[arg(long, env = "TRAFFIC_CONTROLLER_DISABLE_ACCESS_CONTROL")]
+    allow_unauthenticated_public: bool,
+}
+
 /// Reads a component's TOML config, or its defaults when no file is given.
 fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     let Some(path) = path else { return Ok(T::default()) };
@@ -187,6 +235,7 @@ impl Cli {
             Some(Command::Agent(args)) => run_agent(args).await,
             Some(Command::Doppler(args)) => run_doppler(args).await,
             Some(Command::LogCache(args)) => run_log_cache(args).await,
+            Some(Command::TrafficController(args)) => run_traffic_controller(args).await,
         }
     }
 }
@@ -304,8 +353,53 @@ async fn run_log_cache(args: LogCacheArgs) -> anyhow::Result<()> {
     let registry = Registry::new();
     let token = tokio_util::sync::CancellationToken::new();
     let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
-    let log_cache = log_cache::LogCache::bind(config, &registry.scoped("log-cache")).await?;
+    // log-cache adds its own `component="log-cache"`.
+    let log_cache = log_cache::LogCache::bind(config, &registry).await?;
     log_cache.serve(crate::shutdown_signal()).await?;
+    token.cancel();
+    let _ = metrics.await;
+    Ok(())
+}
+
+async fn run_traffic_controller(args: TrafficControllerArgs) -> anyhow::Result<()> {
+    let mut config: traffic_controller::Config = load(args.common.config.as_deref())?;
+    if !args.dopplers.is_empty() {
+        config.dopplers = args.dopplers;
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (args.doppler_ca, args.doppler_cert, args.doppler_key) {
+        config.doppler_tls = Some(TlsFiles { ca_file: ca, cert_file: cert, key_file: key });
+    }
+    if let Some(tls) = args.tls.files() {
+        config.rlp.tls = Some(tls);
+    }
+    if let Some(addr) = args.rlp_addr {
+        config.rlp.addr = addr;
+    }
+    if let Some(addr) = args.gateway_addr {
+        config.gateway.addr = addr;
+    }
+    if let Some(addr) = args.websocket_addr {
+        config.websocket.addr = addr;
+    }
+    if args.gateway_rlp.is_some() {
+        config.gateway.rlp_addr = args.gateway_rlp;
+    }
+    if args.log_cache.is_some() {
+        config.log_cache_addr = args.log_cache;
+    }
+    if args.agent.is_some() {
+        config.agent_addr = args.agent;
+    }
+    if let (Some(cert_file), Some(key_file)) = (args.public_cert, args.public_key) {
+        config.public_tls = Some(traffic_controller::config::PublicTls { cert_file, key_file });
+    }
+    config.allow_unauthenticated_public |= args.allow_unauthenticated_public;
+    tracing::info!(?config, "traffic-controller configuration");
+    let registry = Registry::new();
+    let token = tokio_util::sync::CancellationToken::new();
+    let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
+    let tc = traffic_controller::TrafficController::bind(config, &registry).await?;
+    tc.serve(crate::shutdown_signal()).await?;
     token.cancel();
     let _ = metrics.await;
     Ok(())

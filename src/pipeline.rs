@@ -14,6 +14,7 @@ pub struct PipelineConfig {
     pub doppler: doppler::Config,
     pub agent: agent::Config,
     pub log_cache: log_cache::Config,
+    pub traffic_controller: traffic_controller::Config,
     pub metrics_addr: SocketAddr,
 }
 
@@ -24,6 +25,7 @@ impl PipelineConfig {
             doppler: doppler::Config::default(),
             agent: agent::Config::default(),
             log_cache: log_cache::Config::default(),
+            traffic_controller: traffic_controller::Config::default(),
             metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("constant address parses"),
         }
     }
@@ -38,6 +40,9 @@ impl PipelineConfig {
         config.log_cache.grpc_addr = any;
         config.log_cache.http_addr = any;
         config.log_cache.syslog.addr = any;
+        config.traffic_controller.rlp.addr = any;
+        config.traffic_controller.gateway.addr = any;
+        config.traffic_controller.websocket.addr = any;
         config.metrics_addr = any;
         config
     }
@@ -49,6 +54,9 @@ pub struct Endpoints {
     pub agent_grpc: SocketAddr,
     pub agent_udp: Option<SocketAddr>,
     pub doppler_grpc: SocketAddr,
+    pub rlp_grpc: SocketAddr,
+    pub rlp_gateway: SocketAddr,
+    pub traffic_controller: SocketAddr,
     pub log_cache_grpc: SocketAddr,
     pub log_cache_http: SocketAddr,
     pub log_cache_syslog: Option<SocketAddr>,
@@ -63,6 +71,9 @@ impl Endpoints {
             ("agent v2 gRPC ingress", self.agent_grpc.to_string()),
             ("agent v1 UDP ingress", or_disabled(self.agent_udp)),
             ("doppler gRPC (ingress + egress)", self.doppler_grpc.to_string()),
+            ("reverse log proxy gRPC egress", self.rlp_grpc.to_string()),
+            ("RLP gateway HTTP (SSE /v2/read)", format!("http://{}", self.rlp_gateway)),
+            ("traffic controller HTTP/WebSocket", format!("ws://{}", self.traffic_controller)),
             ("log-cache gRPC", self.log_cache_grpc.to_string()),
             ("log-cache HTTP API", format!("http://{}", self.log_cache_http)),
             ("log-cache syslog (RFC 5424)", or_disabled(self.log_cache_syslog)),
@@ -76,6 +87,7 @@ pub struct Pipeline {
     doppler: doppler::Doppler,
     agent: agent::Agent,
     log_cache: log_cache::LogCache,
+    traffic_controller: traffic_controller::TrafficController,
     metrics: tokio::net::TcpListener,
     registry: Registry,
     endpoints: Endpoints,
@@ -95,25 +107,37 @@ impl Pipeline {
 
         // Log Cache feeds itself from the Doppler through its nozzle (shard id `log-cache`).
         config.log_cache.nozzle.addrs = vec![doppler_grpc.to_string()];
-        let log_cache = log_cache::LogCache::bind(config.log_cache, &registry.scoped("log-cache"))
+        // log-cache adds its own `component="log-cache"` (its README's metrics).
+        let log_cache = log_cache::LogCache::bind(config.log_cache, &registry).await.context("starting log-cache")?;
+
+        // The egress edge reads the Doppler, announces through the agent, and serves recent logs
+        // from Log Cache.
+        let agent_addrs = agent.local_addrs();
+        let log_cache_addrs = log_cache.local_addrs();
+        config.traffic_controller.dopplers = vec![doppler_grpc.to_string()];
+        config.traffic_controller.agent_addr = Some(agent_addrs.grpc.to_string());
+        config.traffic_controller.log_cache_addr = Some(log_cache_addrs.grpc.to_string());
+        let traffic_controller = traffic_controller::TrafficController::bind(config.traffic_controller, &registry)
             .await
-            .context("starting log-cache")?;
+            .context("starting the traffic controller")?;
+        let tc_addrs = traffic_controller.local_addrs();
 
         let metrics = plumbing::telemetry::bind_metrics(config.metrics_addr)
             .await
             .with_context(|| format!("binding metrics address {}", config.metrics_addr))?;
-        let agent_addrs = agent.local_addrs();
-        let log_cache_addrs = log_cache.local_addrs();
         let endpoints = Endpoints {
             agent_grpc: agent_addrs.grpc,
             agent_udp: agent_addrs.udp,
             doppler_grpc,
+            rlp_grpc: tc_addrs.rlp,
+            rlp_gateway: tc_addrs.gateway,
+            traffic_controller: tc_addrs.websocket,
             log_cache_grpc: log_cache_addrs.grpc,
             log_cache_http: log_cache_addrs.http,
             log_cache_syslog: log_cache_addrs.syslog,
             metrics: metrics.local_addr()?,
         };
-        Ok(Self { doppler, agent, log_cache, metrics, registry, endpoints })
+        Ok(Self { doppler, agent, log_cache, traffic_controller, metrics, registry, endpoints })
     }
 
     pub fn endpoints(&self) -> &Endpoints {
@@ -137,10 +161,12 @@ impl Pipeline {
         let doppler = tokio::spawn(self.doppler.serve(token.clone().cancelled_owned()));
         let agent = tokio::spawn(self.agent.serve(token.clone().cancelled_owned()));
         let log_cache = tokio::spawn(self.log_cache.serve(token.clone().cancelled_owned()));
+        let traffic_controller = tokio::spawn(self.traffic_controller.serve(token.clone().cancelled_owned()));
         shutdown.await;
         token.cancel();
         agent.await.context("agent task")??;
         doppler.await.context("doppler task")??;
+        traffic_controller.await.context("traffic controller task")??;
         log_cache.await.context("log-cache task")??;
         metrics.await.context("metrics task")??;
         Ok(())
