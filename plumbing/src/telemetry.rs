@@ -84,9 +84,11 @@ impl Registry {
         Self::default()
     }
 
-    /// A handle on the same registry that adds `component="<name>"` to everything it registers.
+    /// A handle on the same registry that adds `component="<name>"` to everything it registers,
+    /// in place of any `component` this handle already adds: scoping twice never repeats the label.
     pub fn scoped(&self, component: &str) -> Self {
         let mut const_labels = self.const_labels.clone();
+        const_labels.retain(|(name, _)| name != "component");
         const_labels.push(("component".to_string(), component.to_string()));
         Self { families: Arc::clone(&self.families), const_labels }
     }
@@ -116,9 +118,7 @@ impl Registry {
         labels: &[(&str, &str)],
         make: impl FnOnce() -> Metric,
     ) -> Metric {
-        let mut all: Vec<(&str, &str)> = self.const_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        all.extend_from_slice(labels);
-        let rendered = render_labels(&all);
+        let rendered = render_labels(&merge_labels(&self.const_labels, labels));
         let mut families = self.families.lock();
         let family = families.entry(name.to_string()).or_insert_with(|| Family {
             help: help.to_string(),
@@ -165,6 +165,17 @@ impl Registry {
 
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The handle's labels, then the metric's own; a later label replaces an earlier one of the same
+/// name, so no name appears twice (Prometheus refuses such a series).
+fn merge_labels<'a>(const_labels: &'a [(String, String)], labels: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut all: Vec<(&str, &str)> = Vec::with_capacity(const_labels.len() + labels.len());
+    for (name, value) in const_labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(labels.iter().copied()) {
+        all.retain(|(existing, _)| *existing != name);
+        all.push((name, value));
+    }
+    all
 }
 
 fn render_labels(labels: &[(&str, &str)]) -> String {
@@ -227,6 +238,23 @@ mod tests {
         assert_eq!(registry.sum("dropped", &[("direction", "ingress")]), 3);
         let parsed = parse_exposition(&text);
         assert!(parsed.contains(&("ingress{component=\"doppler\"}".to_string(), 1.0)));
+    }
+
+    /// Prometheus refuses a scrape whose series repeat a label name; the all-in-one once scoped
+    /// log-cache twice and every log-cache series carried `component` two times.
+    #[test]
+    fn a_label_name_appears_once_however_often_it_is_given() {
+        let registry = Registry::new().scoped("log-cache").scoped("log-cache");
+        registry.counter("dropped", "x", &[("direction", "ingress")]).inc();
+        registry.scoped("other").counter("ingress", "x", &[]).inc();
+        registry.counter("egress", "x", &[("component", "explicit"), ("direction", "egress")]).inc();
+        let text = registry.render();
+        assert!(text.contains("\ndropped{component=\"log-cache\",direction=\"ingress\"} 1\n"), "{text}");
+        assert!(text.contains("\ningress{component=\"other\"} 1\n"), "{text}");
+        assert!(text.contains("\negress{component=\"explicit\",direction=\"egress\"} 1\n"), "{text}");
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            assert_eq!(line.matches("component=").count(), 1, "{line}");
+        }
     }
 
     #[test]
