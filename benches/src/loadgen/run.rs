@@ -420,7 +420,7 @@ impl Phase<'_> {
                     per_second: received as f64 / duration,
                     batch_size: received as f64 / st.batches.load(Ordering::Relaxed).max(1) as f64,
                     latency: Latency::of(&h),
-                    errors: st.errors.load(Ordering::Relaxed),
+                    errors: st.errors.get(),
                     malformed: st.malformed.load(Ordering::Relaxed),
                     foreign: st.foreign.load(Ordering::Relaxed),
                 }

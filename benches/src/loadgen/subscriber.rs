@@ -1,18 +1,20 @@
 //! Subscribers: each opens `loggregator.v2.Egress/BatchedReceiver` on every egress address with a
 //! firehose selector set, scans every received batch and records each envelope's end-to-end latency
-//! (now − envelope timestamp) in its own histogram.
+//! (now − envelope timestamp) in its own histogram, through the shared reconnecting
+//! [`Subscription`]. [`Recorder`] is what every kind of subscriber (gRPC, SSE, WebSocket) counts with.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use loggregator_proto::stream::{batched_receiver, MessageStream};
 use loggregator_proto::v2::{
     selector, CounterSelector, EgressBatchRequest, EventSelector, GaugeSelector, LogSelector, Selector, TimerSelector,
 };
 use loggregator_proto::wire::{read_key, read_len, read_varint, skip_field, WireType};
 use loggregator_proto::ScanError;
+use plumbing::subscriber::{Subscription, SubscriptionMetrics};
+use plumbing::Counter;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,8 @@ pub struct SubStats {
     pub malformed: AtomicU64,
     /// Envelopes from other sources than this run (other traffic of a shared deployment).
     pub foreign: AtomicU64,
-    pub errors: AtomicU64,
+    /// Streams that failed to open or failed while open.
+    pub errors: Counter,
     /// Worst latency (µs) since the progress line last took it: shows when a stall happened.
     pub worst_us: AtomicU64,
 }
@@ -105,6 +108,60 @@ impl<'a> Iterator for Stamps<'a> {
     }
 }
 
+/// What one subscriber task keeps: its share of the counters, its histogram, and which envelopes
+/// are this run's. Every kind of subscriber (gRPC, SSE, WebSocket) records through it.
+pub struct Recorder {
+    pub stats: Arc<SubStats>,
+    /// Only envelopes whose source id starts with it are ours.
+    pub source_prefix: String,
+    pub histogram: Histogram<u64>,
+}
+
+impl Recorder {
+    pub fn new(stats: Arc<SubStats>, source_prefix: String) -> Self {
+        Self { stats, source_prefix, histogram: latency_histogram() }
+    }
+
+    /// Records one received batch (gRPC message, SSE event, WebSocket frame): each envelope's
+    /// latency (now − its timestamp in nanoseconds) if it is ours, a foreign count if not; a
+    /// malformed envelope ends the batch.
+    pub fn batch<'a, E>(&mut self, envelopes: impl IntoIterator<Item = Result<(&'a [u8], u64), E>>) {
+        let now = now_nanos();
+        let (mut n, mut foreign, mut worst) = (0u64, 0u64, 0u64);
+        for envelope in envelopes {
+            match envelope {
+                Ok((source_id, _)) if !source_id.starts_with(self.source_prefix.as_bytes()) => foreign += 1,
+                Ok((_, timestamp)) => {
+                    n += 1;
+                    let micros = (now.saturating_sub(timestamp as i64) / 1000).max(1) as u64;
+                    self.histogram.saturating_record(micros);
+                    worst = worst.max(micros);
+                }
+                Err(_) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        self.stats.received.fetch_add(n, Ordering::Relaxed);
+        self.stats.worst_us.fetch_max(worst, Ordering::Relaxed);
+        if foreign > 0 {
+            self.stats.foreign.fetch_add(foreign, Ordering::Relaxed);
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a subscriber whose connection is up waits for the server's answer before it counts
+/// itself ready. A grpc-go server (the original's Doppler and RLP) sends a stream's response
+/// headers only with its first message, so no answer comes before the run sends; an error status
+/// (a refusal) comes at once.
+pub const READY_GRACE: Duration = Duration::from_millis(500);
+
+/// Largest `BatchedReceiver` message accepted.
+const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+
+/// One gRPC subscriber's stream from one egress address.
 pub struct Connection {
     pub subscriber: usize,
     pub addr: String,
@@ -117,93 +174,80 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Subscribes (reporting the first attempt's outcome on `ready`), then receives until `stop`,
-    /// re-subscribing after a failure. Returns the latency histogram.
+    /// Subscribes (reporting the first attempt's outcome on `ready`, see [`READY_GRACE`]), then
+    /// receives until `stop`; [`Subscription::next`] re-subscribes after a failure, with backoff.
+    /// Returns the latency histogram.
     pub async fn run(self, ready: oneshot::Sender<Result<(), String>>) -> Histogram<u64> {
-        let mut histogram = latency_histogram();
+        let mut recorder = Recorder::new(Arc::clone(&self.stats), self.source_prefix.clone());
+        let Some(mut subscription) = self.first_attempt(ready).await else { return recorder.histogram };
+        while let Some(batch) = subscription.next(&self.stop).await {
+            recorder.batch(Stamps::new(&batch));
+        }
+        recorder.histogram
+    }
+
+    /// Connects and opens the stream. Ready once the connection is up and the server has either
+    /// answered or stayed silent for [`READY_GRACE`]; a refused connection or an error status is a
+    /// failure of the run. `None` if the subscriber is done.
+    async fn first_attempt(&self, ready: oneshot::Sender<Result<(), String>>) -> Option<Subscription> {
+        let fail = |ready: oneshot::Sender<Result<(), String>>, error: String| {
+            self.stats.errors.inc();
+            let _ = ready.send(Err(format!("subscriber {} at {}: {error}", self.subscriber, self.addr)));
+            None
+        };
+        let channel = tokio::select! {
+            _ = self.stop.cancelled() => return None,
+            channel = connect(&self.addr, self.tls.as_ref()) => channel,
+        };
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(error) => return fail(ready, format!("{error:#}")),
+        };
+        // The channel reconnects by itself after it breaks; the subscription reopens the stream.
+        let mut subscription = Subscription::new(self.addr.clone(), channel, self.request.clone(), MAX_MESSAGE)
+            .with_metrics(SubscriptionMetrics { connects: Counter::default(), failures: self.stats.errors.clone() });
         let mut ready = Some(ready);
-        while !self.stop.is_cancelled() {
-            let stream = tokio::select! {
-                _ = self.stop.cancelled() => break,
-                stream = self.subscribe() => stream,
-            };
-            let mut stream = match stream {
-                Ok(stream) => {
+        let opened = {
+            let open = subscription.open();
+            tokio::pin!(open);
+            tokio::select! {
+                opened = &mut open => opened,
+                _ = tokio::time::sleep(READY_GRACE) => {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(Ok(()));
                     }
-                    stream
-                }
-                Err(error) => {
-                    let message = format!("subscriber {} at {}: {error:#}", self.subscriber, self.addr);
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    match ready.take() {
-                        Some(ready) => {
-                            let _ = ready.send(Err(message));
-                            return histogram;
-                        }
-                        None => eprintln!("loadgen: {message}"),
-                    }
                     tokio::select! {
-                        _ = self.stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    }
-                }
-            };
-            loop {
-                let message = tokio::select! {
-                    _ = self.stop.cancelled() => return histogram,
-                    message = stream.message() => message,
-                };
-                match message {
-                    Ok(Some(batch)) => {
-                        let now = now_nanos();
-                        let (mut n, mut foreign, mut worst) = (0u64, 0u64, 0u64);
-                        for envelope in Stamps::new(&batch) {
-                            match envelope {
-                                Ok((source_id, _)) if !source_id.starts_with(self.source_prefix.as_bytes()) => {
-                                    foreign += 1;
-                                }
-                                Ok((_, timestamp)) => {
-                                    n += 1;
-                                    let micros = (now.saturating_sub(timestamp as i64) / 1000).max(1) as u64;
-                                    histogram.saturating_record(micros);
-                                    worst = worst.max(micros);
-                                }
-                                Err(_) => {
-                                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                                    break;
-                                }
-                            }
-                        }
-                        self.stats.received.fetch_add(n, Ordering::Relaxed);
-                        self.stats.worst_us.fetch_max(worst, Ordering::Relaxed);
-                        if foreign > 0 {
-                            self.stats.foreign.fetch_add(foreign, Ordering::Relaxed);
-                        }
-                        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!(
-                            "loadgen: subscriber {} at {}: stream failed: {}: {}",
-                            self.subscriber,
-                            self.addr,
-                            status.code(),
-                            status.message()
-                        );
-                        break;
+                        opened = &mut open => opened,
+                        _ = self.stop.cancelled() => return None,
                     }
                 }
             }
+        };
+        match (opened, ready.take()) {
+            (Ok(()), Some(ready)) => {
+                let _ = ready.send(Ok(()));
+            }
+            (Ok(()), None) => {}
+            (Err(status), Some(ready)) => {
+                let _ = ready.send(Err(format!(
+                    "subscriber {} at {}: {}: {}",
+                    self.subscriber,
+                    self.addr,
+                    status.code(),
+                    status.message()
+                )));
+                return None;
+            }
+            // Failed after the run started: `next` reopens it (the subscription counted the failure).
+            (Err(status), None) => eprintln!(
+                "loadgen: subscriber {} at {}: {}: {}",
+                self.subscriber,
+                self.addr,
+                status.code(),
+                status.message()
+            ),
         }
-        histogram
-    }
-
-    async fn subscribe(&self) -> anyhow::Result<MessageStream> {
-        let mut channel = connect(&self.addr, self.tls.as_ref()).await?;
-        Ok(batched_receiver(&mut channel, &self.request, 10 * 1024 * 1024).await?)
+        Some(subscription)
     }
 }
 
