@@ -124,8 +124,10 @@ pub fn router(state: GatewayState) -> Router {
 
 /// An error as Go's `http.Error` writes it: JSON message and name, a newline, `text/plain`.
 fn error(status: StatusCode, name: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "message": message, "error": name });
-    let mut response = Response::new(Body::from(format!("{body}\n")));
+    // Go marshals the struct's fields in declaration order: message, then error.
+    let quoted = |text: &str| serde_json::Value::from(text).to_string();
+    let body = format!("{{\"message\":{},\"error\":{}}}\n", quoted(message), quoted(name));
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

@@ -143,3 +143,4 @@ pub fn with_auth(config: &mut Config) -> std::path::PathBuf {
     config.auth.acl_file = Some(acl.clone());
     acl
 }
+pub mod http;
