@@ -19,7 +19,7 @@
 //! - [`upstream`]: the Doppler set (static and DNS) and the per-consumer fan-in.
 //! - [`envelopes`]: batch slicing and the `use_preferred_tags` rewrite.
 //! - [`rlp`]: the RLP's streams and its gRPC service.
-//! - [`gateway`]: `/v2/read`.
+//! - [`gateway`]: the `/v2/read` route.
 //! - [`hub`]: shared v1 conversion for the WebSockets.
 //! - [`websocket`]: the WebSocket routes and connections; [`recent`]: the historic HTTP routes.
 //! - [`announce`]: events sent through the local agent; [`http`]: plain or HTTPS listeners.

@@ -140,3 +140,58 @@ async fn authorization_is_checked_and_every_failure_is_the_same_404() {
     }
     std::fs::remove_file(acl).ok();
 }
+
+#[tokio::test]
+async fn a_public_listener_off_loopback_needs_auth_unless_forced() {
+    let a = start_doppler().await;
+    let mut open_config = config(&[&a]);
+    open_config.gateway.addr = "0.0.0.0:0".parse().unwrap();
+    let refused = traffic_controller::TrafficController::bind(open_config.clone(), &plumbing::Registry::new()).await;
+    let error = refused.err().expect("refused").to_string();
+    assert!(error.contains("auth off"), "{error}");
+    open_config.allow_unauthenticated_public = true;
+    assert!(traffic_controller::TrafficController::bind(open_config, &plumbing::Registry::new()).await.is_ok());
+}
+
+#[tokio::test]
+async fn with_a_certificate_the_public_listeners_speak_https() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = plumbing::test_support::TestPki::new(&["log-stream"]);
+    let server = pki.server_files();
+    let a = start_doppler().await;
+    let mut config = config(&[&a]);
+    config.public_tls = Some(traffic_controller::config::PublicTls {
+        cert_file: server.cert_file.clone(),
+        key_file: server.key_file.clone(),
+    });
+    let tc = start_tc(config).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in plumbing::tls::read_certs(&server.ca_file).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    for addr in [tc.addrs.gateway, tc.addrs.websocket] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("log-stream").unwrap();
+        let mut tls =
+            tokio_rustls::TlsConnector::from(Arc::new(client.clone())).connect(name, tcp).await.expect("handshake");
+        tls.write_all(b"GET /v2/read HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response).await.ok();
+        let response = String::from_utf8_lossy(&response);
+        let expected = if addr == tc.addrs.gateway { "HTTP/1.1 400" } else { "HTTP/1.1 404" };
+        assert!(response.starts_with(expected), "{response}");
+    }
+    // Plain HTTP is not served there.
+    let mut plain = tokio::net::TcpStream::connect(tc.addrs.gateway).await.unwrap();
+    plain.write_all(b"GET /v2/read?log HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(DEADLINE, plain.read(&mut buf)).await.expect("answers or closes").unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}

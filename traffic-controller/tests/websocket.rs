@@ -376,9 +376,7 @@ fn parts(content_type: &str, body: &[u8]) -> Vec<events::Envelope> {
 async fn recent_logs_and_container_metrics_come_from_log_cache_newest_first() {
     let registry = plumbing::Registry::new();
     let any = "127.0.0.1:0".parse().unwrap();
-    let mut lc_config = log_cache::Config::default();
-    lc_config.grpc_addr = any;
-    lc_config.http_addr = any;
+    let mut lc_config = log_cache::Config { grpc_addr: any, http_addr: any, ..Default::default() };
     lc_config.syslog.addr = any;
     lc_config.nozzle.addrs = vec![];
     let cache = log_cache::LogCache::bind(lc_config, &registry).await.expect("log cache binds");

@@ -32,13 +32,15 @@ pub async fn start_doppler() -> Running {
 /// A config reading `dopplers`, every listener on 127.0.0.1:0, short timers for tests.
 pub fn config(dopplers: &[&Running]) -> Config {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut config = Config::default();
-    config.dopplers = dopplers.iter().map(|d| d.addr.to_string()).collect();
-    config.resolve_interval = Duration::from_millis(200);
+    let mut config = Config {
+        dopplers: dopplers.iter().map(|d| d.addr.to_string()).collect(),
+        resolve_interval: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(2),
+        ..Config::default()
+    };
     config.rlp.addr = any;
     config.gateway.addr = any;
     config.websocket.addr = any;
-    config.shutdown_grace = Duration::from_secs(2);
     config
 }
 
