@@ -6,6 +6,7 @@
 //! cargo run --release -p benches --bin loadgen -- --spawn --agent --rate 100k --duration 10 --baseline
 //! cargo run --release -p benches --bin loadgen -- --scenario agent-doppler-logcache --read-back
 //! cargo run --release -p benches --bin loadgen -- --scenario logcache-http-read
+//! cargo run --release -p benches --bin loadgen -- --scenario doppler-rlp-sse
 //! cargo run --release -p benches --bin loadgen -- --ingress 127.0.0.1:3458 --egress 127.0.0.1:8082 \
 //!     --ca ca.pem --cert client.pem --key client.key --metrics http://127.0.0.1:14825/metrics
 //! ```
@@ -80,7 +81,7 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 pids: Vec::new(),
             },
             in_process: true,
-            source_prefix: run_prefix(),
+            source_prefix: run_prefix(&settings),
         };
         let report = runtime.block_on(phase.run());
         null.stop();
@@ -100,11 +101,13 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 pids: Vec::new(),
             },
             format!(
-                "spawned {}{} doppler(s){}, {} subscriber(s){}",
+                "spawned {}{} doppler(s){}{}, {} {} subscriber(s){}",
                 if settings.agent { "agent → " } else { "" },
                 settings.dopplers,
+                if settings.traffic_controller { " → traffic controller" } else { "" },
                 if settings.log_cache { " → nozzle → log-cache" } else { "" },
                 settings.subscribers,
+                subscriber_kind(&settings),
                 tls_note(&p.targets)
             ),
         ),
@@ -125,7 +128,7 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
                 if settings.egress.is_empty() {
                     String::new()
                 } else {
-                    format!(" → egress {}", settings.egress.join(","))
+                    format!(" → {} egress {}", subscriber_kind(&settings), settings.egress.join(","))
                 },
                 settings.log_cache_url.as_ref().map(|u| format!(" → log-cache {u}")).unwrap_or_default()
             ),
@@ -139,7 +142,7 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
         metrics,
         accounting,
         in_process: pipeline.is_some(),
-        source_prefix: run_prefix(),
+        source_prefix: run_prefix(&settings),
     };
     let report = runtime.block_on(phase.run());
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -148,6 +151,16 @@ fn run(cli: &Cli) -> anyhow::Result<Report> {
     }
     phases.push(report?);
     Ok(Report::new(settings, phases))
+}
+
+fn subscriber_kind(settings: &benches::loadgen::settings::Settings) -> &'static str {
+    use benches::loadgen::settings::SubscriberKind;
+    match settings.subscriber_kind {
+        SubscriberKind::Grpc => "gRPC",
+        SubscriberKind::Sse => "SSE",
+        SubscriberKind::WsFirehose => "WebSocket firehose",
+        SubscriberKind::WsApp => "WebSocket app-stream",
+    }
 }
 
 fn tls_note(targets: &Targets) -> &'static str {

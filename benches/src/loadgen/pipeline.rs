@@ -21,7 +21,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::settings::{ClientTls, Settings};
+use super::settings::{ClientTls, Settings, SubscriberKind};
 
 /// One running component.
 pub struct Component {
@@ -162,7 +162,7 @@ impl Pipeline {
     /// Starts `settings.dopplers` Dopplers, with `settings.agent` an agent in front of them, and with
     /// `settings.log_cache` a log-cache whose nozzle subscribes to every Doppler.
     pub fn spawn(settings: &Settings) -> anyhow::Result<Self> {
-        let pki = settings.tls.then(|| TestPki::new(&["doppler", "metron"]));
+        let pki = settings.tls.then(|| TestPki::new(&["doppler", "metron", "reverselogproxy"]));
         if let Some(pki) = &pki {
             let files = pki.client_files();
             eprintln!(
@@ -282,14 +282,27 @@ impl Pipeline {
             log_cache_url = Some(format!("http://{http}"));
             components.push(announce(component)?);
         }
-        let targets = Targets {
-            ingress,
-            ingress_tls,
-            egress: dopplers.iter().map(ToString::to_string).collect(),
-            egress_tls: client_tls(&pki, "doppler"),
-            sink_received: None,
-            log_cache_url,
-        };
+        let mut egress: Vec<String> = dopplers.iter().map(ToString::to_string).collect();
+        let mut egress_tls = client_tls(&pki, "doppler");
+        if settings.traffic_controller {
+            let (component, addrs) = spawn_traffic_controller(settings, &dopplers, &pki)?;
+            // gRPC subscribers read the RLP (mutual TLS as from a Doppler); the HTTP edges are plain.
+            egress = vec![match settings.subscriber_kind {
+                SubscriberKind::Grpc => addrs.rlp.to_string(),
+                SubscriberKind::Sse => addrs.gateway.to_string(),
+                SubscriberKind::WsFirehose | SubscriberKind::WsApp => addrs.websocket.to_string(),
+            }];
+            egress_tls = match settings.subscriber_kind {
+                SubscriberKind::Grpc => client_tls(&pki, "reverselogproxy"),
+                _ => None,
+            };
+            eprintln!(
+                "loadgen: traffic controller: RLP {} (gRPC), gateway http://{}, WebSockets ws://{}",
+                addrs.rlp, addrs.gateway, addrs.websocket
+            );
+            components.push(announce(component)?);
+        }
+        let targets = Targets { ingress, ingress_tls, egress, egress_tls, sink_received: None, log_cache_url };
         Ok(Self { components, targets, _pki: pki })
     }
 
@@ -335,6 +348,47 @@ impl Pipeline {
             component.stop();
         }
     }
+}
+
+/// A traffic controller (RLP, RLP gateway, WebSockets) reading every Doppler, with mutual TLS
+/// towards them and on its RLP (server name `reverselogproxy`) when the pipeline has TLS.
+fn spawn_traffic_controller(
+    settings: &Settings,
+    dopplers: &[SocketAddr],
+    pki: &Option<TestPki>,
+) -> anyhow::Result<(Component, traffic_controller::Addrs)> {
+    let registry = Registry::new();
+    let mut config = traffic_controller::Config {
+        dopplers: dopplers.iter().map(ToString::to_string).collect(),
+        doppler_tls: pki.as_ref().map(|p| p.client_files()),
+        shutdown_grace: Duration::from_secs(1),
+        ..Default::default()
+    };
+    config.rlp.addr = loopback();
+    config.rlp.tls = pki.as_ref().map(|p| p.server_files());
+    config.gateway.addr = loopback();
+    config.websocket.addr = loopback();
+    let reg = registry.clone();
+    let addrs = Arc::new(std::sync::OnceLock::new());
+    let bound = Arc::clone(&addrs);
+    let (component, _) =
+        Component::start("traffic-controller", "tc", settings.pipeline_threads, registry, |stop| async move {
+            let tc = traffic_controller::TrafficController::bind(config, &reg).await?;
+            let local = tc.local_addrs();
+            let _ = bound.set(local);
+            let log = log_error("traffic controller");
+            let task = tokio::spawn(async move {
+                log(tc
+                    .serve(async move {
+                        let _ = stop.await;
+                    })
+                    .await
+                    .map_err(Into::into))
+            });
+            Ok((local.rlp, task))
+        })?;
+    let addrs = addrs.get().copied().context("traffic controller addresses")?;
+    Ok((component, addrs))
 }
 
 /// Counts the envelopes of each batch (top-level fields 1) without looking inside them.

@@ -12,12 +12,13 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::edge::{Edge, EdgeConnection};
 use super::logcache::{self, LogCacheClient};
 use super::observe::{self, Hop, Snapshot};
 use super::pipeline::Targets;
 use super::report::{CpuReport, GroupReport, Latency, MemoryReport, PhaseReport, SubscriberReport};
 use super::sender::{SendStats, Sender};
-use super::settings::{Rate, Settings};
+use super::settings::{Rate, Settings, SubscriberKind};
 use super::subscriber::{firehose, latency_histogram, Connection, SubStats};
 use crate::workload::{batch_templates, now_nanos, Shape};
 
@@ -97,8 +98,15 @@ pub struct Phase<'a> {
 
 /// A source-id prefix unique to this run (`loadgen-<hex>-`), so a shared deployment's other traffic
 /// is not mistaken for ours.
-pub fn run_prefix() -> String {
-    format!("loadgen-{:08x}-", fastrand::u32(..))
+///
+/// An app stream (`/apps/{guid}/stream`) takes only a GUID, so with `ws-app` the prefix is the
+/// first 35 characters of one (`xxxxxxxx-0000-4000-8000-00000000000`) and the run's only source
+/// id, the prefix and `0`, is a GUID.
+pub fn run_prefix(settings: &Settings) -> String {
+    match settings.subscriber_kind {
+        SubscriberKind::WsApp => format!("{:08x}-0000-4000-8000-00000000000", fastrand::u32(..)),
+        _ => format!("loadgen-{:08x}-", fastrand::u32(..)),
+    }
 }
 
 struct Subscriptions {
@@ -118,16 +126,32 @@ impl Phase<'_> {
             let sub_stats = Arc::new(SubStats::default());
             for addr in &self.targets.egress {
                 let (tx, rx) = oneshot::channel();
-                let connection = Connection {
-                    subscriber: id,
-                    addr: addr.clone(),
-                    tls: self.targets.egress_tls.clone(),
-                    request: firehose(self.settings.shard_id(id)),
-                    source_prefix: self.source_prefix.clone(),
-                    stats: Arc::clone(&sub_stats),
-                    stop: stop.clone(),
+                let task = match self.edge(id) {
+                    None => {
+                        let connection = Connection {
+                            subscriber: id,
+                            addr: addr.clone(),
+                            tls: self.targets.egress_tls.clone(),
+                            request: firehose(self.settings.shard_id(id)),
+                            source_prefix: self.source_prefix.clone(),
+                            stats: Arc::clone(&sub_stats),
+                            stop: stop.clone(),
+                        };
+                        tokio::spawn(connection.run(tx))
+                    }
+                    Some(edge) => {
+                        let connection = EdgeConnection {
+                            subscriber: id,
+                            addr: addr.clone(),
+                            edge,
+                            source_prefix: self.source_prefix.clone(),
+                            stats: Arc::clone(&sub_stats),
+                            stop: stop.clone(),
+                        };
+                        tokio::spawn(connection.run(tx))
+                    }
                 };
-                tasks.push((id, tokio::spawn(connection.run(tx))));
+                tasks.push((id, task));
                 readies.push(rx);
             }
             stats.push(sub_stats);
@@ -148,6 +172,21 @@ impl Phase<'_> {
         // The server registers the subscription before answering; a short pause covers proxies.
         tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(Subscriptions { stats, tasks, stop })
+    }
+
+    /// The HTTP edge endpoint subscriber `id` reads; `None` for a gRPC subscriber. A firehose
+    /// subscription id is the shard id (connections sharing one split the stream), or one of its
+    /// own; an app stream's GUID is the run's only source id.
+    fn edge(&self, id: usize) -> Option<Edge> {
+        let shard_id = self.settings.shard_id(id);
+        match self.settings.subscriber_kind {
+            SubscriberKind::Grpc => None,
+            SubscriberKind::Sse => Some(Edge::Sse { shard_id }),
+            SubscriberKind::WsFirehose => Some(Edge::Firehose {
+                subscription_id: if shard_id.is_empty() { format!("{}sub-{id}", self.source_prefix) } else { shard_id },
+            }),
+            SubscriberKind::WsApp => Some(Edge::App { guid: format!("{}0", self.source_prefix) }),
+        }
     }
 
     pub async fn run(self) -> anyhow::Result<PhaseReport> {

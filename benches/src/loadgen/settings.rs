@@ -79,6 +79,22 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
+/// What the subscribers speak, and so which endpoint `--egress` names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubscriberKind {
+    /// `loggregator.v2.Egress/BatchedReceiver` of a Doppler or an RLP.
+    #[default]
+    Grpc,
+    /// The RLP gateway's `GET /v2/read` (Server-Sent Events, plain HTTP).
+    Sse,
+    /// The traffic controller's `/firehose/{subscription-id}` WebSocket (v1 envelopes).
+    WsFirehose,
+    /// The traffic controller's `/apps/{guid}/stream` WebSocket: every subscriber watches one app,
+    /// whose GUID is the run's only source id.
+    WsApp,
+}
+
 /// The workload and the pipeline shape: what a scenario file may set.
 #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +126,10 @@ pub struct Knobs {
     /// Subscribers; each subscribes to every `--egress` address with a firehose selector set.
     #[arg(long)]
     pub subscribers: Option<usize>,
+    /// What subscribers speak: grpc (Doppler or RLP), sse (RLP gateway), ws-firehose or ws-app
+    /// (traffic controller). With --spawn, the non-gRPC kinds start a traffic controller.
+    #[arg(long, value_enum)]
+    pub subscriber_kind: Option<SubscriberKind>,
     /// Distinct shard ids among subscribers (round robin); 0 = every subscriber has its own copy.
     #[arg(long)]
     pub shard_ids: Option<usize>,
@@ -119,6 +139,10 @@ pub struct Knobs {
     /// With --spawn: number of Dopplers.
     #[arg(long)]
     pub dopplers: Option<usize>,
+    /// With --spawn: start a traffic controller (RLP, RLP gateway, WebSockets) reading every
+    /// Doppler; subscribers then read it (gRPC subscribers the RLP).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub traffic_controller: Option<bool>,
     /// With --spawn: put an agent in front of the Dopplers (the load generator sends to it).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub agent: Option<bool>,
@@ -188,7 +212,8 @@ pub struct Cli {
     /// Ingress addresses (`host:port` of an agent or a Doppler); senders are spread over them.
     #[arg(long, value_delimiter = ',')]
     pub ingress: Vec<String>,
-    /// Egress addresses (Dopplers, or an RLP); every subscriber subscribes to each.
+    /// Egress addresses (Dopplers or an RLP; an RLP gateway with --subscriber-kind sse; a traffic
+    /// controller with ws-firehose or ws-app); every subscriber subscribes to each.
     #[arg(long, value_delimiter = ',')]
     pub egress: Vec<String>,
     /// `/metrics` URLs of the components (http://host:port/metrics), read before and after.
@@ -262,11 +287,13 @@ pub struct Settings {
     pub tags: usize,
     pub mix: Mix,
     pub subscribers: usize,
+    pub subscriber_kind: SubscriberKind,
     pub shard_ids: usize,
     pub drain_s: f64,
     pub spawn: bool,
     pub dopplers: usize,
     pub agent: bool,
+    pub traffic_controller: bool,
     pub tls: bool,
     pub pipeline_threads: usize,
     pub subscription_buffer: usize,
@@ -375,7 +402,7 @@ impl Settings {
             Some(cli.egress_server_name.clone().or(cli.server_name.clone()).unwrap_or_else(|| "doppler".into())),
             "egress",
         )?;
-        let settings = Settings {
+        let mut settings = Settings {
             scenario: cli.scenario.clone(),
             description: file.description,
             rate: pick!(rate, Rate::Fixed(10_000.0)),
@@ -387,11 +414,13 @@ impl Settings {
             tags: pick!(tags, 5),
             mix: pick!(mix, Mix::default()),
             subscribers: pick!(subscribers, 1),
+            subscriber_kind: pick!(subscriber_kind, SubscriberKind::Grpc),
             shard_ids: pick!(shard_ids, 0),
             drain_s: pick!(drain, 5.0),
             spawn,
             dopplers: pick!(dopplers, 1).max(1),
             agent: pick!(agent, false),
+            traffic_controller: false,
             tls: pick!(tls, false),
             pipeline_threads: pick!(pipeline_threads, 1).max(1),
             subscription_buffer: pick!(subscription_buffer, 1000).max(1),
@@ -418,6 +447,15 @@ impl Settings {
         if settings.spawn && !(settings.ingress.is_empty() && settings.egress.is_empty()) {
             bail!("--spawn starts its own pipeline: do not combine it with --ingress/--egress");
         }
+        settings.traffic_controller =
+            settings.spawn && pick!(traffic_controller, settings.subscriber_kind != SubscriberKind::Grpc);
+        if settings.spawn && settings.subscriber_kind != SubscriberKind::Grpc && !settings.traffic_controller {
+            bail!("--subscriber-kind {:?} reads a traffic controller: do not turn it off", settings.subscriber_kind);
+        }
+        if c.traffic_controller.or(f.traffic_controller).unwrap_or(false) && !settings.spawn {
+            bail!("--traffic-controller needs --spawn (for an external one, give --egress ADDR)");
+        }
+        settings.check_v1_mix()?;
         if settings.log_cache && !settings.spawn {
             bail!("--spawn-log-cache needs --spawn (for an external log-cache, give --log-cache URL)");
         }
@@ -435,6 +473,34 @@ impl Settings {
             bail!("duration must be between 0 and 24 h");
         }
         Ok(settings)
+    }
+
+    /// v1 WebSockets carry no events, turn a gauge into one envelope per metric and a timer into
+    /// an HttpStartStop: the accounting is one to one only for logs and counters, and an app
+    /// stream carries only its app's logs.
+    fn check_v1_mix(&self) -> anyhow::Result<()> {
+        use crate::workload::Kind;
+        match self.subscriber_kind {
+            SubscriberKind::WsFirehose => {
+                if let Some((kind, _)) = self.mix.0.iter().find(|(k, _)| !matches!(k, Kind::Log | Kind::Counter)) {
+                    bail!(
+                        "--subscriber-kind ws-firehose counts v1 envelopes one to one: mix only log and counter \
+                         (a {} has no single v1 image)",
+                        kind.name()
+                    );
+                }
+            }
+            SubscriberKind::WsApp => {
+                if self.mix.0.iter().any(|(k, _)| *k != Kind::Log) {
+                    bail!("--subscriber-kind ws-app: an app stream carries the app's logs: --mix log");
+                }
+                if self.source_ids != 1 {
+                    bail!("--subscriber-kind ws-app: every envelope is from the one app: --source-ids 1");
+                }
+            }
+            SubscriberKind::Grpc | SubscriberKind::Sse => {}
+        }
+        Ok(())
     }
 
     /// Shard id of subscriber `index`: empty (own copy) or one of `shard_ids` shared ids.
@@ -484,6 +550,23 @@ mod tests {
         assert!(Settings::resolve(&cli).is_err(), "readers need a log-cache");
         let cli = Cli::parse_from(["loadgen", "--ingress", "127.0.0.1:1", "--spawn-log-cache"]);
         assert!(Settings::resolve(&cli).is_err(), "a spawned log-cache needs --spawn");
+    }
+
+    #[test]
+    fn edge_subscribers_start_a_traffic_controller_and_check_the_mix() {
+        let resolve = |args: &[&str]| Settings::resolve(&Cli::parse_from([&["loadgen"], args].concat()));
+        let settings = resolve(&["--scenario", "doppler-tc-firehose"]).expect("valid");
+        assert!(settings.traffic_controller && settings.subscriber_kind == SubscriberKind::WsFirehose);
+        let settings = resolve(&["--spawn", "--subscriber-kind", "sse"]).expect("valid");
+        assert!(settings.traffic_controller);
+        assert!(!resolve(&["--spawn"]).expect("valid").traffic_controller, "gRPC reads the Dopplers by default");
+        assert!(resolve(&["--spawn", "--subscriber-kind", "ws-firehose", "--mix", "log=1,gauge=1"]).is_err());
+        assert!(resolve(&["--spawn", "--subscriber-kind", "ws-app", "--source-ids", "2"]).is_err());
+        assert!(resolve(&["--spawn", "--subscriber-kind", "ws-app", "--source-ids", "1"]).is_ok());
+        assert!(resolve(&["--spawn", "--subscriber-kind", "sse", "--traffic-controller", "false"]).is_err());
+        assert!(resolve(&["--ingress", "127.0.0.1:1", "--traffic-controller"]).is_err());
+        let external = resolve(&["--ingress", "127.0.0.1:1", "--egress", "127.0.0.1:2", "--subscriber-kind", "sse"]);
+        assert!(!external.expect("valid").traffic_controller);
     }
 
     #[test]
