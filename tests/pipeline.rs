@@ -1,8 +1,9 @@
 //! The whole pipeline in one process, as `cargo run` starts it: agent → Doppler → Log Cache nozzle →
 //! store, read back over the Log Cache HTTP API, with every hop's counters adding up.
 
-use std::time::Duration;
+mod common;
 
+use common::{http_get, now_ns, DEADLINE};
 use loggregator::pipeline::{Pipeline, PipelineConfig};
 use loggregator_proto::bytes::Bytes;
 use loggregator_proto::tonic::transport::Endpoint;
@@ -10,25 +11,6 @@ use loggregator_proto::v2::ingress_client::IngressClient;
 use loggregator_proto::v2::{self, envelope::Message, Envelope, EnvelopeBatch};
 use plumbing::test_support::wait_until;
 use tokio_util::sync::CancellationToken;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn http_get(url: &str) -> (u16, String) {
-    use http_body_util::BodyExt as _;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<Bytes>>();
-    let response = tokio::time::timeout(DEADLINE, client.get(url.parse().expect("valid url")))
-        .await
-        .expect("answers in time")
-        .expect("answers");
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8(body.to_vec()).expect("utf-8"))
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_nanos() as i64
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_sent_to_the_agent_is_read_back_from_log_cache_and_counters_add_up() {
