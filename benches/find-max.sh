@@ -3,7 +3,7 @@
 # by bisection between LOW (known good) and HIGH (known bad) envelopes/s. A rate only counts as
 # achieved if the load generator really offered it (sent >= 97 % of the target).
 #
-# This VM's speed swings by ~30 % within minutes (BENCHMARKS.md §0, §0.1), so the search is bracketed by
+# This VM's speed swings by ~30 % within minutes (BENCHMARKS.md §2), so the search is bracketed by
 # two measurements of the transport baseline (the same workload into a null sink, `--baseline`) and
 # the result is also given as a fraction of their mean: that ratio holds across slow and fast minutes.
 # BASELINE=0 skips them.

@@ -267,7 +267,7 @@ fn read(c: &mut Criterion) {
 }
 
 /// The body of `GET /api/v1/read` for 100 stored log envelopes (8 tags, 200-byte payload): what the
-/// gateway spends per read on top of the store read (BENCHMARKS.md §4.2).
+/// gateway spends per read on top of the store read (`git show 0a113bb:BENCHMARKS.md`, §4.2).
 fn read_json(c: &mut Criterion) {
     let mut group = c.benchmark_group("log_cache/read_json_100_envelopes");
     group.throughput(Throughput::Elements(100)).measurement_time(Duration::from_secs(3)).sample_size(30);

@@ -152,7 +152,7 @@ pub struct Knobs {
     /// With --spawn: tokio worker threads of each component's runtime (default 1). With three or
     /// four components and the load generator on a 2-core machine, one worker each behaves like one
     /// process per component: more workers only add work-stealing migrations and cross-thread
-    /// wake-ups (BENCHMARKS.md §0.2).
+    /// wake-ups (`git show 0a113bb:BENCHMARKS.md`, §0.2).
     #[arg(long)]
     pub pipeline_threads: Option<usize>,
     /// With --spawn: envelopes buffered per Doppler subscription (the original: 1000).
