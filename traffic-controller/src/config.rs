@@ -179,8 +179,8 @@ impl Default for WebSocketConfig {
             pong_timeout: Duration::from_secs(30),
             slow_consumer_timeout: Duration::from_secs(5),
             connection_buffer: 10_000,
-            connection_buffer_bytes: 8 << 20,
-            max_connections: 10_000,
+            connection_buffer_bytes: 4 << 20,
+            max_connections: 1000,
             system_domain: "localhost".to_string(),
         }
     }

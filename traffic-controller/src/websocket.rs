@@ -227,9 +227,10 @@ fn accept(
         state.config.connection_buffer_bytes,
         state.metrics.dropped.clone(),
     ));
-    let id = hub.add(Arc::clone(&buffer));
+    // Registered only once upgraded: a client that goes away during the handshake leaves nothing.
     upgrade.on_upgrade(move |socket| async move {
         let _slot = slot;
+        let id = hub.add(Arc::clone(&buffer));
         state.metrics.connections.add(1);
         let connection = Connection { socket, buffer, state: state.clone(), peer };
         connection.run().await;
