@@ -258,6 +258,20 @@ async fn dial(uri: Uri, tls: Option<ClientTls>) -> io::Result<TokioIo<Conn>> {
     }))
 }
 
+/// Resolves every `host:port` entry; a name with many addresses (a Kubernetes headless service,
+/// a DNS entry per Doppler) contributes all of them. A name that does not resolve is logged and
+/// left out.
+pub async fn resolve(entries: &[String]) -> Vec<std::net::SocketAddr> {
+    let mut addrs = Vec::new();
+    for entry in entries {
+        match tokio::net::lookup_host(entry.as_str()).await {
+            Ok(found) => addrs.extend(found),
+            Err(error) => tracing::warn!(address = %entry, %error, "cannot resolve address"),
+        }
+    }
+    addrs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,18 +334,4 @@ mod tests {
         assert_eq!(got, b"hello");
         client.await.unwrap();
     }
-}
-
-/// Resolves every `host:port` entry; a name with many addresses (a Kubernetes headless service,
-/// a DNS entry per Doppler) contributes all of them. A name that does not resolve is logged and
-/// left out.
-pub async fn resolve(entries: &[String]) -> Vec<std::net::SocketAddr> {
-    let mut addrs = Vec::new();
-    for entry in entries {
-        match tokio::net::lookup_host(entry.as_str()).await {
-            Ok(found) => addrs.extend(found),
-            Err(error) => tracing::warn!(address = %entry, %error, "cannot resolve address"),
-        }
-    }
-    addrs
 }

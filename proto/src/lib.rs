@@ -14,6 +14,7 @@
 //! - [`stream`]: gRPC message streams read off the HTTP/2 body without tonic's receive buffer, for
 //!   `BatchSender` (the agent's and the Doppler's ingress) and `BatchedReceiver` subscriptions.
 //! - [`convert`]: v2→v1 and v1→v2 conversions (§3.4, §3.5).
+//! - [`v1_encoded`]: v2→v1 for logs and counters straight from the encoding (the WebSockets' hot path).
 //! - [`json`]: the protojson mapping of §1.5 for envelopes, batches and Log Cache responses.
 //!
 //! `prost`, `tonic` and `bytes` are re-exported so that every crate of the workspace agrees on versions.
@@ -27,6 +28,7 @@ pub mod json;
 pub mod raw;
 pub mod scan;
 pub mod stream;
+pub mod v1_encoded;
 pub mod wire;
 
 /// The `loggregator` packages; generated code refers to `crate::loggregator::v2`.

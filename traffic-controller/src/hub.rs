@@ -6,16 +6,18 @@
 //! is one `Bytes` whose clones (reference counts) go into the connections' buffers. A firehose
 //! connection has a hub of its own, since its shard id splits the firehose among the connections
 //! that share it (the Dopplers do the splitting, §2.5). When the last connection leaves, the hub
-//! and its subscriptions go.
+//! and its subscriptions go. Logs and counters are converted straight from their encoding
+//! ([`V1Writer`]); other types are decoded and converted by `to_v1`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use loggregator_proto::convert::{to_v1, uuid_to_string};
 use loggregator_proto::events::{self, envelope::EventType};
 use loggregator_proto::prost::Message as _;
+use loggregator_proto::v1_encoded::V1Writer;
 use loggregator_proto::v2::{self, selector, EgressBatchRequest, Selector};
 use parking_lot::Mutex;
 use plumbing::buffer::EnvelopeBuffer;
@@ -23,6 +25,10 @@ use plumbing::Counter;
 use tokio_util::sync::CancellationToken;
 
 use crate::upstream::{Dopplers, FanIn, FanInMetrics};
+
+/// The conversion buffer is topped up to this size when less than [`FRAME_HEADROOM`] is left.
+const FRAME_BUFFER: usize = 64 << 10;
+const FRAME_HEADROOM: usize = 4 << 10;
 
 /// Which v1 envelopes a hub passes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +66,17 @@ impl Filter {
                 .collect(),
             use_preferred_tags: true,
             ..Default::default()
+        }
+    }
+
+    /// [`Self::passes`] for what [`V1Writer`] wrote: a log message (whose app id is the v2 source
+    /// id) or a counter (which belongs to no app).
+    fn passes_written(&self, is_log: bool, source_id: &[u8]) -> bool {
+        match self {
+            Self::App(app) => is_log && source_id == app.as_bytes(),
+            Self::Logs => is_log,
+            Self::Metrics => !is_log,
+            Self::All => true,
         }
     }
 
@@ -170,6 +187,9 @@ async fn convert(
 ) {
     let mut batch = Vec::with_capacity(crate::rlp::BATCH_SIZE);
     let mut frames = Vec::with_capacity(crate::rlp::BATCH_SIZE);
+    let mut writer = V1Writer::default();
+    // Frames are split off one buffer: one allocation per 64 KiB of frames, not one per frame.
+    let mut out = BytesMut::new();
     loop {
         tokio::select! {
             _ = upstream.wait_for_data() => {}
@@ -179,6 +199,17 @@ async fn convert(
         upstream.pop_batch(&mut batch, crate::rlp::BATCH_SIZE, usize::MAX, bytes::Bytes::len);
         frames.clear();
         for encoded in &batch {
+            if out.capacity() < FRAME_HEADROOM {
+                out.reserve(FRAME_BUFFER);
+            }
+            if let Some(written) = writer.write(encoded, &mut out) {
+                let frame = out.split().freeze();
+                if filter.passes_written(written.is_log, &encoded[written.source_id]) {
+                    frames.push(frame);
+                }
+                continue;
+            }
+            // Everything else (gauges, timers, deprecated tags, v1 errors): decode and convert.
             let Ok(envelope) = v2::Envelope::decode(&encoded[..]) else {
                 metrics.undecodable.inc();
                 continue;
