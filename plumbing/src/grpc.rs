@@ -15,13 +15,13 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -56,23 +56,53 @@ pub fn batch_entry_len(envelope: &bytes::Bytes) -> usize {
 pub const SUBSCRIBER_WINDOW: u32 = 16 << 20;
 
 /// A TCP connection read through a [`READ_BUFFER`]-sized buffer (writes go straight through).
-pub struct BufferedStream(BufReader<TcpStream>);
+///
+/// The buffer exists only while the connection has data: when the socket has nothing to read it is
+/// given back, so a thousand idle subscriptions do not hold a thousand 64 KiB buffers (the RLP's
+/// "1000 idle streams" budget); a busy connection keeps its buffer from one read to the next.
+pub struct BufferedStream {
+    stream: TcpStream,
+    buf: Box<[u8]>,
+    pos: usize,
+    filled: usize,
+}
 
 impl BufferedStream {
     pub fn new(stream: TcpStream) -> Self {
-        Self(BufReader::with_capacity(READ_BUFFER, stream))
+        Self { stream, buf: Box::default(), pos: 0, filled: 0 }
     }
 }
 
 impl AsyncRead for BufferedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos == this.filled {
+            // Nothing buffered: wait for the socket without holding a buffer.
+            if this.stream.poll_read_ready(cx).is_pending() {
+                this.buf = Box::default();
+                return Poll::Pending;
+            }
+            if out.remaining() >= READ_BUFFER {
+                return Pin::new(&mut this.stream).poll_read(cx, out);
+            }
+            if this.buf.is_empty() {
+                this.buf = vec![0; READ_BUFFER].into_boxed_slice();
+            }
+            let mut read = ReadBuf::new(&mut this.buf);
+            ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            this.filled = read.filled().len();
+            this.pos = 0;
+        }
+        let n = out.remaining().min(this.filled - this.pos);
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for BufferedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -80,19 +110,19 @@ impl AsyncWrite for BufferedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -100,7 +130,7 @@ impl Connected for BufferedStream {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().connect_info()
+        self.stream.connect_info()
     }
 }
 
@@ -294,13 +324,33 @@ mod tests {
         });
         // The first accepted connection is the dialled one; it carries nothing.
         let Conn::Plain(first) = accepted.next().await.unwrap().unwrap() else { panic!("plain") };
-        assert!(first.0.get_ref().nodelay().unwrap());
+        assert!(first.stream.nodelay().unwrap());
         let Conn::Plain(mut second) = accepted.next().await.unwrap().unwrap() else { panic!("plain") };
-        assert!(second.0.get_ref().nodelay().unwrap());
+        assert!(second.stream.nodelay().unwrap());
         assert_eq!(second.connect_info().local_addr(), Some(addr));
         let mut got = Vec::new();
         second.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, client.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_idle_buffered_connection_holds_no_read_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let mut stream = BufferedStream::new(listener.accept().await.unwrap().0);
+        raw.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        // Nothing more to read: the wait gives the buffer back.
+        let mut more = [0u8; 1];
+        assert!(tokio::time::timeout(Duration::from_millis(50), stream.read(&mut more)).await.is_err());
+        assert!(stream.buf.is_empty());
+        // And the next data is read as before.
+        raw.write_all(b"again").await.unwrap();
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"again");
     }
 
     /// A client that connects and never speaks holds up nobody: handshakes run beside the accept

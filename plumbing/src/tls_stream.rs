@@ -535,6 +535,19 @@ impl AsyncRead for TlsStream {
                 // Hand out what we have rather than wait for more.
                 return Poll::Ready(Ok(()));
             }
+            if this.head == this.tail {
+                // Nothing buffered: wait for the socket without holding the 80 KiB buffer, so an
+                // idle connection costs little (the RLP's 1000 idle streams).
+                if this.tcp.poll_read_ready(cx).is_pending() {
+                    this.inbuf = Box::default();
+                    this.head = 0;
+                    this.tail = 0;
+                    return Poll::Pending;
+                }
+                if this.inbuf.is_empty() {
+                    this.inbuf = vec![0; READ_BUFFER].into_boxed_slice();
+                }
+            }
             let mut read = ReadBuf::new(&mut this.inbuf[this.tail..]);
             ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut read))?;
             let n = read.filled().len();
