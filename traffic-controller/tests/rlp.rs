@@ -220,3 +220,30 @@ async fn a_client_that_goes_away_unsubscribes_from_every_doppler() {
         wait_until(DEADLINE, || tc.running.metric("subscriptions", &[("component", "reverse-log-proxy")]) == 0).await
     );
 }
+
+#[tokio::test]
+async fn a_doppler_that_appears_is_subscribed_and_one_that_disappears_is_left() {
+    use traffic_controller::upstream::{Dopplers, FanIn, FanInMetrics};
+    let (a, b) = (start_doppler().await, start_doppler().await);
+    let dopplers = Dopplers::new(None);
+    dopplers.set_addrs([a.addr.to_string()]);
+    let buffer = Arc::new(plumbing::buffer::EnvelopeBuffer::new(10_000, usize::MAX, Default::default()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let request = EgressBatchRequest { selectors: vec![log_selector("moving")], ..Default::default() };
+    let fan_in = FanIn::start(&dopplers, request, buffer.clone(), 1 << 20, FanInMetrics::default(), &shutdown);
+    wait_subscribed(&[&a], 1).await;
+    assert_eq!(doppler_subscriptions(&b), 0);
+
+    // b appears (as a DNS name that now resolves to both would make it).
+    dopplers.set_addrs([a.addr.to_string(), b.addr.to_string()]);
+    wait_subscribed(&[&a, &b], 1).await;
+    send(b.addr, (0..5).map(|i| log_envelope("moving", i)).collect()).await;
+    assert!(wait_until(DEADLINE, || buffer.len() == 5).await);
+
+    // a disappears from the set: its subscription goes, b's stays.
+    dopplers.set_addrs([b.addr.to_string()]);
+    assert!(wait_until(DEADLINE, || doppler_subscriptions(&a) == 0).await);
+    assert_eq!(doppler_subscriptions(&b), 1);
+    drop(fan_in);
+    assert!(wait_until(DEADLINE, || doppler_subscriptions(&b) == 0).await);
+}
