@@ -389,20 +389,9 @@ pub struct EncodedEnvelopeJson {
 /// from stored encoded envelopes: what [`read_response_to_json`] writes for a response holding them
 /// decoded. An envelope that does not decode is left out, as decoding them first would leave it out.
 pub fn write_read_response_json_from_encoded<B: AsRef<[u8]>>(out: &mut Vec<u8>, envelopes: &[B]) {
-    let mut writer = EncodedEnvelopeJson::default();
-    out.extend_from_slice(b"{\"envelopes\":{\"batch\":[");
-    let mut written = 0;
-    for encoded in envelopes {
-        let before = out.len();
-        if written > 0 {
-            out.push(b',');
-        }
-        match writer.write(out, encoded.as_ref()) {
-            Ok(()) => written += 1,
-            Err(_) => out.truncate(before),
-        }
-    }
-    out.extend_from_slice(b"]}}");
+    out.extend_from_slice(b"{\"envelopes\":");
+    EncodedEnvelopeJson::default().write_batch(out, envelopes);
+    out.push(b'}');
 }
 
 /// Appends the protojson form of the envelope encoded in `encoded` to `out`; see
@@ -412,6 +401,25 @@ pub fn write_envelope_json_from_encoded(out: &mut Vec<u8>, encoded: &[u8]) -> Re
 }
 
 impl EncodedEnvelopeJson {
+    /// Appends `{"batch":[...]}` of the encoded envelopes: what [`write_batch_json`] writes for
+    /// them decoded (the RLP gateway's SSE `data:` payload, §5.4). An envelope that does not decode
+    /// is left out, as decoding them first would leave it out.
+    pub fn write_batch<B: AsRef<[u8]>>(&mut self, out: &mut Vec<u8>, envelopes: &[B]) {
+        out.extend_from_slice(b"{\"batch\":[");
+        let mut written = 0;
+        for encoded in envelopes {
+            let before = out.len();
+            if written > 0 {
+                out.push(b',');
+            }
+            match self.write(out, encoded.as_ref()) {
+                Ok(()) => written += 1,
+                Err(_) => out.truncate(before),
+            }
+        }
+        out.extend_from_slice(b"]}");
+    }
+
     /// Appends the protojson form of the envelope encoded in `encoded` to `out`: exactly what
     /// [`write_envelope_json`] appends for `v2::Envelope::decode(encoded)`. Fails exactly when that
     /// decode fails (the error says why), and then leaves `out` as it was.

@@ -324,23 +324,12 @@ async fn stream_events(
     }
 }
 
-/// `data: {"batch":[...]}` and the blank line, from the envelopes' encoded bytes. An envelope that
-/// does not decode is left out (a Doppler forwards only envelopes that scan).
+/// `data: {"batch":[...]}` and the blank line, from the envelopes' encoded bytes.
 fn data_event(writer: &mut EncodedEnvelopeJson, batch: &[Bytes]) -> Bytes {
     let mut out = Vec::with_capacity(64 + batch.iter().map(|e| e.len() * 2).sum::<usize>());
-    out.extend_from_slice(b"data: {\"batch\":[");
-    let mut written = 0;
-    for envelope in batch {
-        let before = out.len();
-        if written > 0 {
-            out.push(b',');
-        }
-        match writer.write(&mut out, envelope) {
-            Ok(()) => written += 1,
-            Err(_) => out.truncate(before),
-        }
-    }
-    out.extend_from_slice(b"]}\n\n");
+    out.extend_from_slice(b"data: ");
+    writer.write_batch(&mut out, batch);
+    out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
 
