@@ -195,3 +195,26 @@ async fn with_a_certificate_the_public_listeners_speak_https() {
     let n = tokio::time::timeout(DEADLINE, plain.read(&mut buf)).await.expect("answers or closes").unwrap_or(0);
     assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn a_gateway_configured_with_a_remote_rlp_reads_it_over_grpc() {
+    let a = start_doppler().await;
+    // The RLP of one traffic controller...
+    let rlp = start_tc(config(&[&a])).await;
+    // ...read by the gateway of another that reads no Doppler itself.
+    let mut gateway_config = config(&[]);
+    gateway_config.gateway.rlp_addr = Some(rlp.addrs.rlp.to_string());
+    let gateway = start_tc(gateway_config).await;
+    let mut response = open(&gateway, "/v2/read?log&source_id=remote-app").await;
+    assert_eq!(response.status, 200);
+    assert!(wait_until(DEADLINE, || doppler_subscriptions(&a) == 1).await, "the remote RLP subscribed");
+    send(a.addr, (0..3).map(|i| log_envelope("remote-app", i)).collect()).await;
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        let event = String::from_utf8(response.read_through(b"\n\n").await.expect("an event")).unwrap();
+        let json = event.strip_prefix("data: ").expect("a data event").trim_end();
+        received.extend(batch_from_json(json).expect("protojson").batch);
+    }
+    assert_eq!(received, (0..3).map(|i| log_envelope("remote-app", i)).collect::<Vec<_>>());
+    assert_eq!(rlp.running.metric("subscriptions", &[("component", "reverse-log-proxy")]), 1);
+}
