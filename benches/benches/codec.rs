@@ -1,5 +1,6 @@
 //! Codec: the zero-copy scanner against a full prost decode, batch re-assembly from scanned slices
-//! against a prost encode, and the protojson encoding of a batch.
+//! against a prost encode, the protojson encoding of a batch, and the v2 → v1 conversion of the
+//! traffic controller's WebSockets (straight from the encoding against decode + `to_v1` + encode).
 //!
 //! Input: one `EnvelopeBatch` of 100 log envelopes, each with 8 tags and a 200-byte payload.
 
@@ -108,6 +109,40 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
+fn to_v1(c: &mut Criterion) {
+    let envelopes: Vec<Bytes> = batch().batch.iter().map(|e| Bytes::from(e.encode_to_vec())).collect();
+    let mut group = c.benchmark_group("codec/to_v1_100x8tags_200B");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("decode_convert_encode", |b| {
+        b.iter(|| {
+            let mut frames = 0;
+            for encoded in &envelopes {
+                let decoded = loggregator_proto::v2::Envelope::decode(&encoded[..]).expect("decodes");
+                for v1 in loggregator_proto::convert::to_v1(&decoded) {
+                    frames += Bytes::from(v1.encode_to_vec()).len();
+                }
+            }
+            black_box(frames)
+        })
+    });
+    group.bench_function("from_encoding", |b| {
+        let mut writer = loggregator_proto::v1_encoded::V1Writer::default();
+        let mut out = bytes::BytesMut::with_capacity(1 << 16);
+        b.iter(|| {
+            let mut frames = 0;
+            for encoded in &envelopes {
+                if out.capacity() < 4096 {
+                    out.reserve(1 << 16);
+                }
+                writer.write(encoded, &mut out).expect("a log");
+                frames += out.split().freeze().len();
+            }
+            black_box(frames)
+        })
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(30)
 }
@@ -115,6 +150,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = codec;
     config = config();
-    targets = decode, encode
+    targets = decode, encode, to_v1
 }
 criterion_main!(codec);
