@@ -23,7 +23,7 @@ pub struct Config {
     /// many addresses (a Kubernetes headless service) contributes all of them.
     pub dopplers: Vec<String>,
     /// How often Doppler names are re-resolved.
-    #[serde(with = "ms")]
+    #[serde(with = "plumbing::millis")]
     pub resolve_interval: Duration,
     /// Concurrent connections to Dopplers (spread over all of them).
     pub connections: NonZeroUsize,
@@ -43,14 +43,14 @@ pub struct Config {
     pub batch_size: NonZeroUsize,
     /// A stream to a Doppler is closed cleanly and reopened after this long, so a Doppler that shuts
     /// down gracefully receives everything that was sent to it, and new Dopplers get picked up.
-    #[serde(with = "ms")]
+    #[serde(with = "plumbing::millis")]
     pub stream_max_age: Duration,
     /// A stream is also recycled after this many envelopes (the original recycles after ~100,000).
     pub stream_max_envelopes: u64,
     /// First and largest wait before retrying an unreachable Doppler.
-    #[serde(with = "ms")]
+    #[serde(with = "plumbing::millis")]
     pub backoff_initial: Duration,
-    #[serde(with = "ms")]
+    #[serde(with = "plumbing::millis")]
     pub backoff_max: Duration,
     /// Tags added to every envelope where absent (deployment, job, index, ip, and operator tags).
     pub tags: BTreeMap<String, String>,
@@ -62,7 +62,7 @@ pub struct Config {
     pub doppler_tls: Option<TlsFiles>,
     pub doppler_server_name: String,
     /// How long a shutdown waits for buffered envelopes to reach a Doppler.
-    #[serde(with = "ms")]
+    #[serde(with = "plumbing::millis")]
     pub shutdown_grace: Duration,
 }
 
@@ -88,15 +88,5 @@ impl Default for Config {
             doppler_server_name: "doppler".to_string(),
             shutdown_grace: Duration::from_secs(5),
         }
-    }
-}
-
-/// Durations in config files are integer milliseconds.
-mod ms {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }

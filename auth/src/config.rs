@@ -57,7 +57,7 @@ pub struct AuthConfig {
     /// Accept any certificate from an `https` `uaa_url` (instead of `uaa_ca_file`). For test setups only.
     pub uaa_skip_cert_verify: bool,
     /// How long a CC answer is cached per (token, source id).
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub cc_cache_ttl: Duration,
 }
 
@@ -140,16 +140,6 @@ pub struct JwtKey {
     pub algorithm: String,
     /// PEM public key (RS*/ES*) or shared secret (HS*).
     pub key: Secret,
-}
-
-/// Durations as integer milliseconds.
-mod millis {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
 }
 
 #[cfg(test)]

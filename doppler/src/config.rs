@@ -36,7 +36,7 @@ pub struct Config {
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_streams_per_connection: u32,
     /// How long a shutdown waits for ingress streams to end and egress buffers to flush.
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub shutdown_grace: Duration,
     /// Mutual TLS; plaintext when absent.
     pub tls: Option<TlsFiles>,
@@ -55,15 +55,5 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             tls: None,
         }
-    }
-}
-
-/// Durations in config files are integer milliseconds (`shutdown_grace = 5000`).
-pub mod millis {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }

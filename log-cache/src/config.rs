@@ -63,7 +63,7 @@ pub struct Config {
     /// Index of this node in `node_addrs`.
     pub node_index: usize,
     /// PromQL query timeout.
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub query_timeout: Duration,
     /// PromQL bound on samples touched by one query.
     pub max_samples: usize,
@@ -72,7 +72,7 @@ pub struct Config {
     /// Mutual TLS of the gRPC server and of the clients to peer nodes; plaintext when absent.
     pub tls: Option<TlsFiles>,
     /// How long a shutdown waits for in-flight work.
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub shutdown_grace: Duration,
     pub nozzle: NozzleConfig,
     pub syslog: SyslogConfig,
@@ -160,7 +160,7 @@ pub struct NozzleConfig {
     /// Server name verified on their certificates.
     pub server_name: String,
     /// Longest wait between reconnection attempts (the backoff doubles from 50 ms up to this).
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub max_backoff: Duration,
 }
 
@@ -187,7 +187,7 @@ pub struct SyslogConfig {
     /// Largest message accepted; a larger frame closes the connection.
     pub max_message_bytes: usize,
     /// A connection silent for this long is closed.
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub idle_timeout: Duration,
     /// Most concurrent connections.
     pub max_connections: usize,
@@ -203,16 +203,6 @@ impl Default for SyslogConfig {
             idle_timeout: Duration::from_secs(120),
             max_connections: 1024,
         }
-    }
-}
-
-/// Durations as integer milliseconds.
-mod millis {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
 

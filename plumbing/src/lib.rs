@@ -11,12 +11,14 @@
 //!   handshake (every gRPC hop of the project).
 //! - [`subscriber`]: one reconnecting `BatchedReceiver` subscription with backoff (nozzle, RLP,
 //!   load generator).
+//! - [`millis`]: config durations as integer milliseconds, for every component's `Config`.
 //! - [`shutdown`]: turning a shutdown future into a cancellation token, and bounded drains.
 //! - `test_support` (feature `test-support`): `wait_until`, in-process test certificates.
 
 pub mod buffer;
 pub mod diode;
 pub mod grpc;
+pub mod millis;
 pub mod shutdown;
 pub mod subscriber;
 pub mod telemetry;

@@ -21,7 +21,7 @@ pub struct Config {
     /// Dopplers as `host:port`, each re-resolved every `resolve_interval` (a name may resolve to
     /// every Doppler, as a Kubernetes headless service does).
     pub dopplers: Vec<String>,
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub resolve_interval: Duration,
     /// Mutual TLS towards the Dopplers (server name `doppler`); plaintext when absent.
     pub doppler_tls: Option<TlsFiles>,
@@ -49,7 +49,7 @@ pub struct Config {
     /// Largest gRPC message received from a Doppler, RLP or Log Cache (§2.7).
     pub max_message_bytes: usize,
     /// How long a shutdown waits for streams to flush.
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub shutdown_grace: Duration,
 }
 
@@ -78,10 +78,10 @@ pub struct GatewayConfig {
     /// Mutual TLS towards `rlp_addr` (server name `reverselogproxy`).
     pub rlp_tls: Option<TlsFiles>,
     /// A stream is closed with `event: closing` after this long (`STREAM_TIMEOUT`, 14 min).
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub stream_timeout: Duration,
     /// `event: heartbeat` after this long without data (15 s).
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub heartbeat_interval: Duration,
 }
 
@@ -91,13 +91,13 @@ pub struct WebSocketConfig {
     /// HTTP/WebSocket address of the v1 traffic controller.
     pub addr: SocketAddr,
     /// Wait after a pong before the next ping (15 s).
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub ping_interval: Duration,
     /// A ping unanswered this long closes the connection with 1008 (30 s).
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub pong_timeout: Duration,
     /// A frame the client cannot take for this long closes it as a slow consumer (5 s).
-    #[serde(with = "millis")]
+    #[serde(with = "plumbing::millis")]
     pub slow_consumer_timeout: Duration,
     /// Frames buffered per connection before the oldest is dropped.
     pub connection_buffer: usize,
@@ -183,15 +183,5 @@ impl Default for WebSocketConfig {
             max_connections: 1000,
             system_domain: "localhost".to_string(),
         }
-    }
-}
-
-/// Durations in config files are integer milliseconds (`stream_timeout = 840000`).
-pub mod millis {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
