@@ -171,10 +171,6 @@ impl Hub {
     pub fn remove(&self, id: u64) {
         self.readers.lock().retain(|(reader, _)| *reader != id);
     }
-
-    pub fn reader_count(&self) -> usize {
-        self.readers.lock().len()
-    }
 }
 
 /// Converts what the fan-in brings and hands each frame to every connection, until the hub goes.
@@ -277,11 +273,6 @@ impl Hubs {
     /// Dopplers known right now.
     pub fn doppler_count(&self) -> usize {
         self.dopplers.current().len()
-    }
-
-    /// Apps streamed right now.
-    pub fn app_count(&self) -> usize {
-        self.apps.lock().values().filter(|hub| hub.strong_count() > 0).count()
     }
 }
 

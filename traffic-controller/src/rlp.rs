@@ -193,11 +193,6 @@ impl RlpStream {
     pub fn lost(&self, n: usize) {
         self.dropped.add(n as u64);
     }
-
-    /// Envelopes waiting to be sent.
-    pub fn buffered(&self) -> usize {
-        self.fan_in.buffer.len()
-    }
 }
 
 impl Drop for RlpStream {
