@@ -163,16 +163,23 @@ impl BatchScanner {
 }
 
 /// Gauge metric keys seen so far, to apply map semantics (a repeated key counts once).
-/// Most gauges have a handful of keys, so they live on the stack.
-struct GaugeKeys {
-    inline: [Range<u32>; 16],
+///
+/// Most gauges have a handful of keys: the first [`INLINE_KEYS`] live on the stack and are compared
+/// directly. Past that they go into a hash set, so a hostile gauge of a million distinct keys costs
+/// a million hash inserts rather than 10^12 comparisons: the scan stays linear in the envelope's
+/// size at every hop that routes it. The set hashes with std's randomly keyed SipHash, so keys
+/// crafted to collide (trivial for the crc64 the selector uses) cannot make it quadratic again.
+struct GaugeKeys<'a> {
+    inline: [&'a [u8]; INLINE_KEYS],
     len: usize,
-    spilled: Vec<Range<u32>>,
+    spilled: std::collections::HashSet<&'a [u8]>,
 }
 
-impl GaugeKeys {
+const INLINE_KEYS: usize = 16;
+
+impl<'a> GaugeKeys<'a> {
     fn new() -> Self {
-        Self { inline: std::array::from_fn(|_| 0..0), len: 0, spilled: Vec::new() }
+        Self { inline: [&[]; INLINE_KEYS], len: 0, spilled: std::collections::HashSet::new() }
     }
 
     fn clear(&mut self) {
@@ -181,21 +188,17 @@ impl GaugeKeys {
     }
 
     /// Records `key` and answers whether it was new.
-    fn insert(&mut self, buf: &[u8], key: Range<u32>) -> bool {
-        let bytes = &buf[key.start as usize..key.end as usize];
-        let seen = self.inline[..self.len].iter().chain(self.spilled.iter());
-        for other in seen {
-            if &buf[other.start as usize..other.end as usize] == bytes {
-                return false;
-            }
+    fn insert(&mut self, key: &'a [u8]) -> bool {
+        if self.inline[..self.len].contains(&key) {
+            return false;
         }
-        if self.len < self.inline.len() {
+        if self.len < INLINE_KEYS {
             self.inline[self.len] = key;
             self.len += 1;
+            true
         } else {
-            self.spilled.push(key);
+            self.spilled.insert(key)
         }
-        true
     }
 }
 
@@ -318,7 +321,7 @@ pub fn scan_envelope(buf: &[u8]) -> Result<EnvelopeMeta, ScanError> {
 }
 
 /// Applies the oneof rule: the same member again merges; another member starts afresh.
-fn switch_kind(meta: &mut EnvelopeMeta, keys: &mut Option<GaugeKeys>, kind: EnvelopeKind) {
+fn switch_kind(meta: &mut EnvelopeMeta, keys: &mut Option<GaugeKeys<'_>>, kind: EnvelopeKind) {
     if meta.kind != Some(kind) {
         meta.kind = Some(kind);
         meta.name = 0..0;
@@ -355,7 +358,12 @@ fn scan_name(buf: &[u8], range: Range<usize>) -> Result<Option<Range<usize>>, Sc
 }
 
 /// Walks the `metrics` map entries of a Gauge, hashing each distinct key.
-fn scan_gauge(buf: &[u8], range: Range<usize>, meta: &mut EnvelopeMeta, keys: &mut GaugeKeys) -> Result<(), ScanError> {
+fn scan_gauge<'a>(
+    buf: &'a [u8],
+    range: Range<usize>,
+    meta: &mut EnvelopeMeta,
+    keys: &mut GaugeKeys<'a>,
+) -> Result<(), ScanError> {
     let msg = &buf[..range.end];
     let mut pos = range.start;
     while pos < range.end {
@@ -367,7 +375,7 @@ fn scan_gauge(buf: &[u8], range: Range<usize>, meta: &mut EnvelopeMeta, keys: &m
         expect_len(wire_type)?;
         let entry = read_len(msg, &mut pos)?;
         let key = scan_map_entry_key(buf, entry)?;
-        if keys.insert(buf, range32(key.clone())) {
+        if keys.insert(&buf[key.clone()]) {
             meta.gauge_keys_hash = meta.gauge_keys_hash.wrapping_add(crc64_ecma(&buf[key]));
             meta.gauge_key_count += 1;
         }

@@ -310,3 +310,25 @@ proptest! {
         prop_assert!(scanned.len() <= envelopes.len());
     }
 }
+
+/// Issue 15 gap 1: a gauge of 300,000 distinct keys (6 MB, under the 10 MiB message limit) scans in
+/// time linear in its size. With a linear search per key it made 4.5·10^10 comparisons (minutes);
+/// the deadline is hundreds of times what a linear scan needs even in a debug build.
+#[test]
+fn a_gauge_of_many_distinct_keys_scans_in_linear_time() {
+    let keys: Vec<String> = (0..300_000).map(|i| format!("k{i:07}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut bytes = Vec::new();
+    Envelope { source_id: "s".into(), message: Some(gauge(&refs)), ..Default::default() }.encode(&mut bytes).unwrap();
+    // A repeated key still counts once, also past the inline keys.
+    Envelope { message: Some(gauge(&["k0000017", "k0299999", "new"])), ..Default::default() }
+        .encode(&mut bytes)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let meta = scan_envelope(&bytes).unwrap();
+    let took = started.elapsed();
+    assert_eq!(meta.gauge_key_count, 300_001);
+    let hash = keys.iter().fold(crc64_ecma(b"new"), |h, k| h.wrapping_add(crc64_ecma(k.as_bytes())));
+    assert_eq!(meta.gauge_keys_hash, hash);
+    assert!(took < std::time::Duration::from_secs(10), "scan took {took:?}");
+}
