@@ -6,7 +6,8 @@
 //! record, copies each decrypted record into a fresh `Vec`, and allocates a `Vec` for each record it
 //! encrypts. Here a single socket read fills a 64 KiB+ buffer with many records, each is decrypted in
 //! place and copied once, straight into the reader's buffer; outgoing records are sealed in place
-//! in one reusable buffer and leave in one `write`.
+//! in one reusable buffer and leave in one `write`. `tls_engine = "rustls"` ([`crate::tls::TlsEngine`])
+//! uses tokio-rustls instead.
 //!
 //! rustls still does everything but the records: the handshake (through its unbuffered API, so no
 //! byte the peer sent after the handshake is swallowed), certificate verification, and the key
@@ -14,12 +15,28 @@
 //! limit, is derived by its [`KernelConnection`] (the API rustls offers for kTLS, which is what
 //! this is in user space). TLS 1.2 (AES-GCM, ChaCha20-Poly1305) and 1.3 records are both handled.
 //!
+//! The record layer enforces what rustls's own does (issue 15, RELIABILITY.md §2):
+//! - ciphertext at most 2^14 + 256 bytes in TLS 1.3 and 2^14 + 2048 in TLS 1.2, plaintext at most
+//!   2^14 (`record_overflow`); a record that does not decrypt is `bad_record_mac`;
+//! - at most 32 empty records in a row, and at most 32 `KeyUpdate`s without application data
+//!   between them; a requested `KeyUpdate` is answered once however many requests arrive while
+//!   our previous writes are still unsent, so a peer that never reads cannot grow our write buffer;
+//! - a handshake message split over records is not interleaved with records of another type;
+//! - renegotiation (a TLS 1.2 `HelloRequest` to a client, `ClientHello` to a server) is refused
+//!   with a `no_renegotiation` warning, once; a second attempt is fatal.
+//!
 //! Post-handshake messages: a client ignores `NewSessionTicket` (our clients do not resume);
-//! anything else but `KeyUpdate` ends the connection with an error, as does a TLS 1.2
-//! renegotiation attempt. A `close_notify` alert is a clean end of stream; EOF without it is
-//! `UnexpectedEof`, as in tokio-rustls.
+//! anything else but `KeyUpdate` ends the connection. A `close_notify` alert is a clean end of
+//! stream; EOF without it is `UnexpectedEof`, as in tokio-rustls. A TLS 1.2 warning alert (or
+//! TLS 1.3 `user_canceled`) is ignored, four at most; any other alert ends the connection.
+//!
+//! Errors are sticky: once a record fails (or the socket does), every later read and write returns
+//! the same error. A protocol error is told to the peer in a fatal alert sealed with the current
+//! keys, best effort, before the socket is shut down.
 
+use std::borrow::Cow;
 use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -34,10 +51,11 @@ use rustls::{ClientConfig, ConnectionTrafficSecrets, ProtocolVersion, ServerConf
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Largest plaintext of one record (RFC 8446 §5.1).
+/// Largest plaintext of one record (RFC 8446 §5.1, RFC 5246 §6.2.1).
 const MAX_PLAINTEXT: usize = 1 << 14;
-/// Largest ciphertext of one record we accept, header excluded: TLS 1.2's bound (RFC 5246 §6.2.3,
-/// 2^14 + 2048), which covers TLS 1.3's 2^14 + 256.
+/// Largest TLS 1.3 ciphertext, header excluded (RFC 8446 §5.2).
+const MAX_CIPHERTEXT_TLS13: usize = MAX_PLAINTEXT + 256;
+/// Largest TLS 1.2 ciphertext, header excluded (RFC 5246 §6.2.3): also what the buffers are sized for.
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 2048;
 const HEADER: usize = 5;
 const TAG: usize = 16;
@@ -50,13 +68,33 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 const OUTBUF_KEEP: usize = 160 * 1024;
 /// Most plaintext taken by one `poll_write` call.
 const MAX_WRITE: usize = 128 * 1024;
+/// Largest post-handshake handshake message we buffer.
+const MAX_HANDSHAKE_MESSAGE: usize = 64 * 1024;
+/// Empty records accepted in a row (rustls's and BoringSSL's limit).
+const MAX_EMPTY_RECORDS_IN_A_ROW: u8 = 32;
+/// `KeyUpdate`s accepted without application data between them (rustls's and BoringSSL's limit).
+const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
+/// Warning alerts ignored over a connection's life (rustls's and BoringSSL's limit).
+const MAX_WARNING_ALERTS: u8 = 4;
 
 const CONTENT_ALERT: u8 = 21;
 const CONTENT_HANDSHAKE: u8 = 22;
 const CONTENT_APPLICATION_DATA: u8 = 23;
+const HANDSHAKE_HELLO_REQUEST: u8 = 0;
+const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
+const ALERT_LEVEL_WARNING: u8 = 1;
+const ALERT_LEVEL_FATAL: u8 = 2;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
+const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
+const ALERT_BAD_RECORD_MAC: u8 = 20;
+const ALERT_RECORD_OVERFLOW: u8 = 22;
+const ALERT_ILLEGAL_PARAMETER: u8 = 47;
+const ALERT_DECODE_ERROR: u8 = 50;
+const ALERT_INTERNAL_ERROR: u8 = 80;
+const ALERT_USER_CANCELED: u8 = 90;
+const ALERT_NO_RENEGOTIATION: u8 = 100;
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
@@ -64,6 +102,48 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 
 fn tls_error(err: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, err)
+}
+
+/// Why a connection failed: the fatal alert the peer is told (when it is to be told) and the
+/// error every later read and write returns.
+#[derive(Clone, Debug)]
+struct Failure {
+    alert: Option<u8>,
+    kind: io::ErrorKind,
+    message: Cow<'static, str>,
+}
+
+impl Failure {
+    /// The peer broke the protocol: tell it with `alert`.
+    fn protocol(alert: u8, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { alert: Some(alert), kind: io::ErrorKind::InvalidData, message: message.into() }
+    }
+
+    fn unexpected(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::protocol(ALERT_UNEXPECTED_MESSAGE, message)
+    }
+
+    /// The peer ended the connection with a fatal alert: nothing to answer.
+    fn alert_received(description: u8) -> Self {
+        Self {
+            alert: None,
+            kind: io::ErrorKind::ConnectionAborted,
+            message: format!("peer sent TLS alert {description}").into(),
+        }
+    }
+
+    /// The socket failed (or ended): nothing can be sent.
+    fn io(err: &io::Error) -> Self {
+        Self { alert: None, kind: err.kind(), message: err.to_string().into() }
+    }
+
+    fn to_io(&self) -> io::Error {
+        io::Error::new(self.kind, self.message.to_string())
+    }
+}
+
+fn internal(err: rustls::Error) -> Failure {
+    Failure::protocol(ALERT_INTERNAL_ERROR, err.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,19 +164,42 @@ struct Protection {
 }
 
 impl Protection {
-    fn new(secrets: ConnectionTrafficSecrets, seq: u64, version: ProtocolVersion) -> io::Result<Self> {
-        let (algorithm, key, iv, format) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv, Format::Tls12Gcm),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv, Format::Tls12Gcm),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (&aead::CHACHA20_POLY1305, key, iv, Format::Tls12Chacha)
-            }
-            _ => return Err(invalid("unsupported cipher suite")),
+    fn new(secrets: ConnectionTrafficSecrets, seq: u64, version: ProtocolVersion) -> Result<Self, Failure> {
+        let (algorithm, key, iv) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&aead::CHACHA20_POLY1305, key, iv),
+            _ => return Err(Failure::protocol(ALERT_INTERNAL_ERROR, "unsupported cipher suite")),
         };
-        let format = if version == ProtocolVersion::TLSv1_3 { Format::Tls13 } else { format };
-        let key = UnboundKey::new(algorithm, key.as_ref()).map_err(|_| invalid("bad traffic key"))?;
-        let iv: [u8; aead::NONCE_LEN] = iv.as_ref().try_into().map_err(|_| invalid("bad traffic IV"))?;
+        Self::from_parts(algorithm, key.as_ref(), iv.as_ref(), seq, version)
+    }
+
+    fn from_parts(
+        algorithm: &'static aead::Algorithm,
+        key: &[u8],
+        iv: &[u8],
+        seq: u64,
+        version: ProtocolVersion,
+    ) -> Result<Self, Failure> {
+        let format = match version {
+            ProtocolVersion::TLSv1_3 => Format::Tls13,
+            _ if algorithm == &aead::CHACHA20_POLY1305 => Format::Tls12Chacha,
+            _ => Format::Tls12Gcm,
+        };
+        let key =
+            UnboundKey::new(algorithm, key).map_err(|_| Failure::protocol(ALERT_INTERNAL_ERROR, "bad traffic key"))?;
+        let iv: [u8; aead::NONCE_LEN] =
+            iv.try_into().map_err(|_| Failure::protocol(ALERT_INTERNAL_ERROR, "bad traffic IV"))?;
         Ok(Self { key: LessSafeKey::new(key), iv, seq, format })
+    }
+
+    /// Largest ciphertext (header excluded) of a record this side accepts.
+    fn max_ciphertext(&self) -> usize {
+        if self.format == Format::Tls13 {
+            MAX_CIPHERTEXT_TLS13
+        } else {
+            MAX_CIPHERTEXT
+        }
     }
 
     /// The IV with the sequence number XORed into its last eight bytes (RFC 8446 §5.3; rustls
@@ -120,21 +223,22 @@ impl Protection {
         aad[..8].copy_from_slice(&self.seq.to_be_bytes());
         aad[8] = typ;
         aad[9..11].copy_from_slice(&[3, 3]);
+        // Callers bound records to MAX_CIPHERTEXT, so the length fits.
         aad[11..].copy_from_slice(&(plain_len as u16).to_be_bytes());
         (aad, 13)
     }
 
-    /// Decrypts the record `record` (header included) in place. Returns its content type and the
-    /// plaintext's range within `record`.
-    fn open(&mut self, record: &mut [u8]) -> io::Result<(u8, std::ops::Range<usize>)> {
+    /// Decrypts the record `record` (header included, at most [`Self::max_ciphertext`] long) in
+    /// place. Returns its content type and the plaintext's range within `record`.
+    fn open(&mut self, record: &mut [u8]) -> Result<(u8, Range<usize>), Failure> {
         let outer = record[0];
         // TLS 1.2 GCM records lead with an explicit nonce; every format ends with the tag.
         let explicit = if self.format == Format::Tls12Gcm { 8 } else { 0 };
         if record.len() < HEADER + explicit + TAG {
-            return Err(invalid("short TLS record"));
+            return Err(Failure::protocol(ALERT_BAD_RECORD_MAC, "short TLS record"));
         }
         if self.format == Format::Tls13 && outer != CONTENT_APPLICATION_DATA {
-            return Err(invalid(format!("unexpected TLS record type {outer} after the handshake")));
+            return Err(Failure::unexpected(format!("unexpected TLS record type {outer} after the handshake")));
         }
         let nonce = match self.format {
             Format::Tls12Gcm => {
@@ -150,17 +254,26 @@ impl Protection {
         let plain = self
             .key
             .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..aad_len]), &mut record[cipher_start..])
-            .map_err(|_| invalid("TLS record failed to decrypt"))?;
+            .map_err(|_| Failure::protocol(ALERT_BAD_RECORD_MAC, "TLS record failed to decrypt"))?;
         let (typ, plain_len) = if self.format == Format::Tls13 {
-            // Inner plaintext: content, content type, zero padding (RFC 8446 §5.4).
+            // Inner plaintext: content, content type, zero padding (RFC 8446 §5.4), at most 2^14 + 1.
+            if plain.len() > MAX_PLAINTEXT + 1 {
+                return Err(Failure::protocol(ALERT_RECORD_OVERFLOW, "oversized TLS plaintext"));
+            }
             let Some(end) = plain.iter().rposition(|&b| b != 0) else {
-                return Err(invalid("TLS record without a content type"));
+                return Err(Failure::unexpected("TLS record without a content type"));
             };
             (plain[end], end)
         } else {
+            if plain.len() > MAX_PLAINTEXT {
+                return Err(Failure::protocol(ALERT_RECORD_OVERFLOW, "oversized TLS plaintext"));
+            }
             (outer, plain.len())
         };
-        self.seq = self.seq.checked_add(1).ok_or_else(|| invalid("TLS record sequence number exhausted"))?;
+        self.seq = self
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| Failure::protocol(ALERT_INTERNAL_ERROR, "TLS record sequence number exhausted"))?;
         Ok((typ, cipher_start..cipher_start + plain_len))
     }
 
@@ -211,31 +324,60 @@ fn confidentiality_limit(suite: rustls::SupportedCipherSuite) -> u64 {
 enum Kernel {
     Client(KernelConnection<rustls::client::ClientConnectionData>),
     Server(KernelConnection<rustls::server::ServerConnectionData>),
+    /// Fixed keys for [`fuzz_read_records`]: every key update starts the same key over.
+    Fixed {
+        client: bool,
+        algorithm: &'static aead::Algorithm,
+        key: Vec<u8>,
+        iv: [u8; aead::NONCE_LEN],
+    },
 }
 
 impl Kernel {
-    fn update_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
-        match self {
+    fn update_rx(&mut self, version: ProtocolVersion) -> Result<Protection, Failure> {
+        let (seq, secrets) = match self {
             Self::Client(k) => k.update_rx_secret(),
             Self::Server(k) => k.update_rx_secret(),
+            Self::Fixed { algorithm, key, iv, .. } => return Protection::from_parts(algorithm, key, iv, 0, version),
         }
+        .map_err(internal)?;
+        Protection::new(secrets, seq, version)
     }
 
-    fn update_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
-        match self {
+    fn update_tx(&mut self, version: ProtocolVersion) -> Result<Protection, Failure> {
+        let (seq, secrets) = match self {
             Self::Client(k) => k.update_tx_secret(),
             Self::Server(k) => k.update_tx_secret(),
+            Self::Fixed { algorithm, key, iv, .. } => return Protection::from_parts(algorithm, key, iv, 0, version),
         }
+        .map_err(internal)?;
+        Protection::new(secrets, seq, version)
     }
 
     fn is_client(&self) -> bool {
-        matches!(self, Self::Client(_))
+        match self {
+            Self::Client(_) => true,
+            Self::Server(_) => false,
+            Self::Fixed { client, .. } => *client,
+        }
+    }
+}
+
+/// What a [`TlsStream`] runs over: a byte stream that can tell whether it has data without a read
+/// buffer, so that an idle connection gives its buffer back.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Transport for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 }
 
 /// A TLS connection over TCP whose records this module handles (see the module docs).
-pub struct TlsStream {
-    tcp: TcpStream,
+pub struct TlsStream<T = TcpStream> {
+    io: T,
     kernel: Kernel,
     version: ProtocolVersion,
     rx: Protection,
@@ -248,20 +390,35 @@ pub struct TlsStream {
     head: usize,
     tail: usize,
     /// Decrypted application data within `inbuf` not yet handed out.
-    plain: std::ops::Range<usize>,
+    plain: Range<usize>,
     /// Application data decrypted by rustls during the handshake, handed out first.
     early: Vec<u8>,
     early_pos: usize,
     /// A post-handshake handshake message split over records.
     handshake: Vec<u8>,
     read_closed: bool,
+    /// Empty records received since the last non-empty one.
+    empty_in_a_row: u8,
+    /// `KeyUpdate`s received since the last application data.
+    key_updates_in_a_row: u8,
+    /// The peer asked for a `KeyUpdate` we have not sent yet. It goes out before our next
+    /// application data, or once our earlier records have left: however many requests arrive
+    /// meanwhile, one answer (RFC 8446 §4.6.3), so a peer that never reads cannot grow `outbuf`.
+    key_update_owed: bool,
+    /// Warning alerts the peer may still send before one more ends the connection.
+    warnings_left: u8,
+    /// A renegotiation was refused already: the next attempt is fatal.
+    renegotiation_refused: bool,
     /// Encrypted bytes not yet written: `outbuf[out_head..]`.
     outbuf: Vec<u8>,
     out_head: usize,
+    /// No record may follow: close_notify or a fatal alert was sealed.
     close_notify_sent: bool,
+    /// The first failure; every later read and write returns it.
+    failed: Option<Failure>,
 }
 
-impl TlsStream {
+impl TlsStream<TcpStream> {
     /// Performs the server side of a handshake on `tcp`.
     pub async fn accept(mut tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
@@ -271,7 +428,7 @@ impl TlsStream {
         let (secrets, kernel) = conn.0.dangerous_into_kernel_connection().map_err(tls_error)?;
         let version = kernel.protocol_version();
         let limit = confidentiality_limit(kernel.negotiated_cipher_suite());
-        Self::new(tcp, Kernel::Server(kernel), version, limit, secrets, hs)
+        Self::after_handshake(tcp, Kernel::Server(kernel), version, limit, secrets, hs)
     }
 
     /// Performs the client side of a handshake on `tcp`, verifying the server as `server_name`.
@@ -287,10 +444,10 @@ impl TlsStream {
         let (secrets, kernel) = conn.0.dangerous_into_kernel_connection().map_err(tls_error)?;
         let version = kernel.protocol_version();
         let limit = confidentiality_limit(kernel.negotiated_cipher_suite());
-        Self::new(tcp, Kernel::Client(kernel), version, limit, secrets, hs)
+        Self::after_handshake(tcp, Kernel::Client(kernel), version, limit, secrets, hs)
     }
 
-    fn new(
+    fn after_handshake(
         tcp: TcpStream,
         kernel: Kernel,
         version: ProtocolVersion,
@@ -298,31 +455,51 @@ impl TlsStream {
         secrets: rustls::ExtractedSecrets,
         hs: Handshake,
     ) -> io::Result<Self> {
-        let rx = Protection::new(secrets.rx.1, secrets.rx.0, version)?;
-        let tx = Protection::new(secrets.tx.1, secrets.tx.0, version)?;
+        let rx = Protection::new(secrets.rx.1, secrets.rx.0, version).map_err(|f| f.to_io())?;
+        let tx = Protection::new(secrets.tx.1, secrets.tx.0, version).map_err(|f| f.to_io())?;
+        let mut stream = Self::new(tcp, kernel, version, rx, tx);
+        // rustls refreshes keys at the limit itself; we stay 1/16 below it.
+        stream.tx_limit = confidentiality_limit - confidentiality_limit / 16;
         // Records that arrived with the end of the handshake are already at the buffer's front.
-        let leftover = hs.used;
-        let inbuf = hs.inbuf.into_boxed_slice();
-        Ok(Self {
-            tcp,
+        stream.tail = hs.used;
+        stream.inbuf = hs.inbuf.into_boxed_slice();
+        stream.early = hs.early;
+        stream.read_closed = hs.peer_closed;
+        Ok(stream)
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.io
+    }
+}
+
+impl<T: Transport> TlsStream<T> {
+    fn new(io: T, kernel: Kernel, version: ProtocolVersion, rx: Protection, tx: Protection) -> Self {
+        Self {
+            io,
             kernel,
             version,
             rx,
             tx,
-            // rustls refreshes keys at the limit itself; we stay 1/16 below it.
-            tx_limit: confidentiality_limit - confidentiality_limit / 16,
-            inbuf,
+            tx_limit: u64::MAX,
+            inbuf: Box::default(),
             head: 0,
-            tail: leftover,
+            tail: 0,
             plain: 0..0,
-            early: hs.early,
+            early: Vec::new(),
             early_pos: 0,
             handshake: Vec::new(),
-            read_closed: hs.peer_closed,
+            read_closed: false,
+            empty_in_a_row: 0,
+            key_updates_in_a_row: 0,
+            key_update_owed: false,
+            warnings_left: MAX_WARNING_ALERTS,
+            renegotiation_refused: false,
             outbuf: Vec::new(),
             out_head: 0,
             close_notify_sent: false,
-        })
+            failed: None,
+        }
     }
 
     /// The negotiated TLS version.
@@ -330,17 +507,24 @@ impl TlsStream {
         self.version
     }
 
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
-    }
-
     #[cfg(test)]
     fn set_tx_limit(&mut self, limit: u64) {
         self.tx_limit = limit;
     }
 
+    /// Queues a TLS 1.3 `KeyUpdate` (asking the peer to update its keys too when `request_peer`)
+    /// and moves to the next sending key; the next write or flush sends it. For tests of the key
+    /// schedule against other implementations: the record layer updates its keys by itself.
+    #[doc(hidden)]
+    pub fn update_keys(&mut self, request_peer: bool) -> io::Result<()> {
+        if let Some(failure) = &self.failed {
+            return Err(failure.to_io());
+        }
+        self.update_tx_keys(request_peer).map_err(|f| f.to_io())
+    }
+
     /// Seals `parts` as records of at most [`MAX_PLAINTEXT`] bytes each into `outbuf`.
-    fn seal_all(&mut self, typ: u8, bufs: &[IoSlice<'_>], max: usize) -> io::Result<usize> {
+    fn seal_all(&mut self, typ: u8, bufs: &[IoSlice<'_>], max: usize) -> Result<usize, Failure> {
         let mut taken = 0;
         let mut parts: Vec<&[u8]> = Vec::with_capacity(4);
         let mut record_len = 0;
@@ -365,8 +549,9 @@ impl TlsStream {
         Ok(taken)
     }
 
-    fn seal_one(&mut self, typ: u8, parts: &[&[u8]]) -> io::Result<()> {
-        if self.tx.seq >= self.tx_limit {
+    fn seal_one(&mut self, typ: u8, parts: &[&[u8]]) -> Result<(), Failure> {
+        // A KeyUpdate the peer asked for precedes our next application data (RFC 8446 §4.6.3).
+        if self.key_update_owed || self.tx.seq >= self.tx_limit {
             self.update_tx_keys(false)?;
         }
         self.tx.seal(typ, parts, &mut self.outbuf);
@@ -374,25 +559,54 @@ impl TlsStream {
     }
 
     /// Sends a TLS 1.3 `KeyUpdate` under the current key and switches to the next one.
-    fn update_tx_keys(&mut self, request_peer: bool) -> io::Result<()> {
+    fn update_tx_keys(&mut self, request_peer: bool) -> Result<(), Failure> {
         if self.version != ProtocolVersion::TLSv1_3 {
-            return Err(invalid("TLS 1.2 connection reached its cipher's confidentiality limit"));
+            return Err(Failure {
+                alert: None,
+                kind: io::ErrorKind::InvalidData,
+                message: "TLS 1.2 connection reached its cipher's confidentiality limit".into(),
+            });
         }
         let message = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, u8::from(request_peer)];
         self.tx.seal(CONTENT_HANDSHAKE, &[&message], &mut self.outbuf);
-        let (seq, secrets) = self.kernel.update_tx().map_err(tls_error)?;
-        self.tx = Protection::new(secrets, seq, self.version)?;
+        self.tx = self.kernel.update_tx(self.version)?;
+        self.key_update_owed = false;
         Ok(())
     }
 
-    /// Writes pending records until done or the socket would block.
+    /// Records `failure` as the connection's (unless it failed already), tells the peer with a
+    /// fatal alert when the failure calls for one (best effort: as far as the socket takes it now),
+    /// and returns the error for the caller.
+    fn fail(&mut self, cx: &mut Context<'_>, failure: Failure) -> io::Error {
+        if let Some(first) = &self.failed {
+            return first.to_io();
+        }
+        let err = failure.to_io();
+        if let (Some(alert), false) = (failure.alert, self.close_notify_sent) {
+            self.close_notify_sent = true;
+            self.tx.seal(CONTENT_ALERT, &[&[ALERT_LEVEL_FATAL, alert]], &mut self.outbuf);
+            if let Poll::Ready(Ok(())) = self.poll_flush_out(cx) {
+                let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+            }
+        }
+        self.failed = Some(failure);
+        err
+    }
+
+    /// Writes pending records until done or the socket would block. A failed write fails the connection.
     fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_head < self.outbuf.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outbuf[self.out_head..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out_head += n;
+            let result = ready!(Pin::new(&mut self.io).poll_write(cx, &self.outbuf[self.out_head..]));
+            let err = match result {
+                Ok(0) => io::Error::from(io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    self.out_head += n;
+                    continue;
+                }
+                Err(err) => err,
+            };
+            self.failed.get_or_insert_with(|| Failure::io(&err));
+            return Poll::Ready(Err(err));
         }
         self.outbuf.clear();
         self.out_head = 0;
@@ -408,71 +622,183 @@ impl TlsStream {
         self.outbuf.len() - self.out_head
     }
 
-    /// Handles one decrypted non-application record; Ok(true) when it was a close_notify.
-    fn control_record(&mut self, typ: u8, range: std::ops::Range<usize>) -> io::Result<bool> {
+    /// Sends what the reading side owes the peer (a `KeyUpdate`, a warning) as far as the socket
+    /// takes it now. An owed `KeyUpdate` is sealed only once everything before it has left.
+    fn poll_flush_control(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.pending_out() > 0 {
+            if let Poll::Ready(Err(err)) = self.poll_flush_out(cx) {
+                return Err(err);
+            }
+        }
+        if self.key_update_owed && self.pending_out() == 0 && !self.close_notify_sent {
+            if let Err(failure) = self.update_tx_keys(false) {
+                return Err(self.fail(cx, failure));
+            }
+            if let Poll::Ready(Err(err)) = self.poll_flush_out(cx) {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypts and handles the record at `record` in `inbuf`.
+    fn process_record(&mut self, record: Range<usize>) -> Result<(), Failure> {
+        let (typ, range) = self.rx.open(&mut self.inbuf[record.clone()])?;
+        let range = record.start + range.start..record.start + range.end;
+        if !self.handshake.is_empty() && typ != CONTENT_HANDSHAKE {
+            // RFC 8446 §5.1: no other record between the fragments of a handshake message.
+            return Err(Failure::unexpected("TLS record interleaved with a split handshake message"));
+        }
+        if range.is_empty() {
+            // Only application data may be empty (RFC 8446 §5.1, RFC 5246 §6.2.1), and not forever.
+            if typ != CONTENT_APPLICATION_DATA {
+                return Err(Failure::unexpected(format!("empty TLS record of type {typ}")));
+            }
+            if self.empty_in_a_row == MAX_EMPTY_RECORDS_IN_A_ROW {
+                return Err(Failure::unexpected("too many empty TLS records in a row"));
+            }
+            self.empty_in_a_row += 1;
+            return Ok(());
+        }
+        self.empty_in_a_row = 0;
         match typ {
-            CONTENT_ALERT => {
-                let body = &self.inbuf[range];
-                if body.len() != 2 {
-                    return Err(invalid("malformed TLS alert"));
-                }
-                if body[1] == ALERT_CLOSE_NOTIFY {
-                    return Ok(true);
-                }
-                Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("peer sent TLS alert {}", body[1])))
+            CONTENT_APPLICATION_DATA => {
+                self.key_updates_in_a_row = 0;
+                self.plain = range;
+                Ok(())
             }
-            CONTENT_HANDSHAKE if self.version == ProtocolVersion::TLSv1_3 => {
+            CONTENT_ALERT => self.alert(range),
+            CONTENT_HANDSHAKE => {
                 self.handshake.extend_from_slice(&self.inbuf[range]);
-                self.handshake_messages()?;
-                Ok(false)
+                self.handshake_messages()
             }
-            CONTENT_HANDSHAKE => Err(invalid("TLS renegotiation is not supported")),
-            other => Err(invalid(format!("unexpected TLS content type {other}"))),
+            other => Err(Failure::unexpected(format!("unexpected TLS content type {other}"))),
         }
     }
 
+    /// Handles a received alert: close_notify ends the stream, a few warnings are ignored, any
+    /// other alert fails the connection.
+    fn alert(&mut self, range: Range<usize>) -> Result<(), Failure> {
+        let &[level, description] = &self.inbuf[range] else {
+            return Err(Failure::protocol(ALERT_DECODE_ERROR, "malformed TLS alert"));
+        };
+        if description == ALERT_CLOSE_NOTIFY {
+            self.read_closed = true;
+            return Ok(());
+        }
+        // TLS 1.3 alerts are fatal whatever their level, but for user_canceled (RFC 8446 §6).
+        let warning = if self.version == ProtocolVersion::TLSv1_3 {
+            description == ALERT_USER_CANCELED
+        } else {
+            level == ALERT_LEVEL_WARNING
+        };
+        if !warning {
+            return Err(Failure::alert_received(description));
+        }
+        if self.warnings_left == 0 {
+            return Err(Failure::unexpected("too many TLS warning alerts"));
+        }
+        self.warnings_left -= 1;
+        Ok(())
+    }
+
     /// Processes the complete post-handshake messages buffered in `handshake`.
-    fn handshake_messages(&mut self) -> io::Result<()> {
+    fn handshake_messages(&mut self) -> Result<(), Failure> {
         let mut at = 0;
         while self.handshake.len() - at >= 4 {
             let h = &self.handshake[at..];
-            let len = usize::from(h[1]) << 16 | usize::from(h[2]) << 8 | usize::from(h[3]);
+            let (typ, len) = (h[0], usize::from(h[1]) << 16 | usize::from(h[2]) << 8 | usize::from(h[3]));
+            if len > MAX_HANDSHAKE_MESSAGE {
+                return Err(Failure::unexpected("oversized TLS handshake message"));
+            }
             if h.len() < 4 + len {
-                if len > 64 * 1024 {
-                    return Err(invalid("oversized TLS handshake message"));
-                }
                 break;
             }
-            match h[0] {
-                HANDSHAKE_KEY_UPDATE if len == 1 => {
-                    let requested = match h[4] {
-                        0 => false,
-                        1 => true,
-                        _ => return Err(invalid("malformed TLS KeyUpdate")),
+            let end = at + 4 + len;
+            let tls13 = self.version == ProtocolVersion::TLSv1_3;
+            let client = self.kernel.is_client();
+            match typ {
+                HANDSHAKE_KEY_UPDATE if tls13 => {
+                    let requested = match h[4..] {
+                        [0] => false,
+                        [1] => true,
+                        [_] => return Err(Failure::protocol(ALERT_ILLEGAL_PARAMETER, "invalid TLS KeyUpdate")),
+                        _ => return Err(Failure::protocol(ALERT_DECODE_ERROR, "malformed TLS KeyUpdate")),
                     };
-                    if at + 5 != self.handshake.len() {
+                    if end != self.handshake.len() {
                         // A key change must end its record (RFC 8446 §5.1).
-                        return Err(invalid("TLS KeyUpdate not at a record boundary"));
+                        return Err(Failure::unexpected("TLS KeyUpdate not at a record boundary"));
                     }
-                    let (seq, secrets) = self.kernel.update_rx().map_err(tls_error)?;
-                    self.rx = Protection::new(secrets, seq, self.version)?;
-                    if requested {
-                        self.update_tx_keys(false)?;
+                    if self.key_updates_in_a_row == MAX_KEY_UPDATES_IN_A_ROW {
+                        return Err(Failure::unexpected("too many TLS KeyUpdates without data"));
                     }
+                    self.key_updates_in_a_row += 1;
+                    self.rx = self.kernel.update_rx(self.version)?;
+                    self.key_update_owed |= requested;
                 }
-                HANDSHAKE_NEW_SESSION_TICKET if self.kernel.is_client() => {}
-                other => return Err(invalid(format!("unexpected TLS handshake message {other} after the handshake"))),
+                HANDSHAKE_NEW_SESSION_TICKET if tls13 && client => {}
+                HANDSHAKE_HELLO_REQUEST | HANDSHAKE_CLIENT_HELLO
+                    if !tls13 && client == (typ == HANDSHAKE_HELLO_REQUEST) =>
+                {
+                    if self.renegotiation_refused {
+                        return Err(Failure::unexpected("TLS renegotiation attempted again after a refusal"));
+                    }
+                    self.renegotiation_refused = true;
+                    self.tx.seal(CONTENT_ALERT, &[&[ALERT_LEVEL_WARNING, ALERT_NO_RENEGOTIATION]], &mut self.outbuf);
+                }
+                other => {
+                    return Err(Failure::unexpected(format!(
+                        "unexpected TLS handshake message {other} after the handshake"
+                    )))
+                }
             }
-            at += 4 + len;
+            at = end;
         }
         self.handshake.drain(..at);
         Ok(())
     }
+
+    /// Moves the unconsumed bytes to the front of `inbuf`.
+    fn compact(&mut self) {
+        self.inbuf.copy_within(self.head..self.tail, 0);
+        self.tail -= self.head;
+        self.head = 0;
+    }
+
+    fn poll_write_parts(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if let Some(failure) = &self.failed {
+            return Poll::Ready(Err(failure.to_io()));
+        }
+        if self.close_notify_sent {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "TLS connection closed")));
+        }
+        if self.pending_out() > 0 {
+            match self.poll_flush_out(cx) {
+                Poll::Ready(result) => result?,
+                Poll::Pending if self.pending_out() >= WRITE_HIGH_WATER => return Poll::Pending,
+                Poll::Pending => {}
+            }
+        }
+        let taken = match self.seal_all(CONTENT_APPLICATION_DATA, bufs, MAX_WRITE) {
+            Ok(taken) => taken,
+            Err(failure) => return Poll::Ready(Err(self.fail(cx, failure))),
+        };
+        // The bytes are ours now; if the socket is full, the waker registered here (or the
+        // caller's next flush) finishes the job. Writing at once rather than at the flush keeps
+        // the peer busy sooner: gathering frames until the flush measured slightly slower.
+        if let Poll::Ready(Err(e)) = self.poll_flush_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken))
+    }
 }
 
-impl AsyncRead for TlsStream {
+impl<T: Transport> AsyncRead for TlsStream<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(failure) = &this.failed {
+            return Poll::Ready(Err(failure.to_io()));
+        }
         if this.early_pos < this.early.len() {
             let n = buf.remaining().min(this.early.len() - this.early_pos);
             buf.put_slice(&this.early[this.early_pos..this.early_pos + n]);
@@ -484,11 +810,7 @@ impl AsyncRead for TlsStream {
             return Poll::Ready(Ok(()));
         }
         // A KeyUpdate we owe the peer goes out even if the application is only reading.
-        if this.pending_out() > 0 {
-            if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
-                return Poll::Ready(Err(e));
-            }
-        }
+        this.poll_flush_control(cx)?;
         let start = buf.filled().len();
         loop {
             if !this.plain.is_empty() {
@@ -507,18 +829,18 @@ impl AsyncRead for TlsStream {
             let available = this.tail - this.head;
             if available >= HEADER {
                 let len = usize::from(u16::from_be_bytes([this.inbuf[this.head + 3], this.inbuf[this.head + 4]]));
-                if len > MAX_CIPHERTEXT {
-                    return Poll::Ready(Err(invalid("oversized TLS record")));
+                if len > this.rx.max_ciphertext() {
+                    let failure = Failure::protocol(ALERT_RECORD_OVERFLOW, "oversized TLS record");
+                    return Poll::Ready(Err(this.fail(cx, failure)));
                 }
                 if available >= HEADER + len {
                     let record = this.head..this.head + HEADER + len;
                     this.head = record.end;
-                    let (typ, range) = this.rx.open(&mut this.inbuf[record.clone()])?;
-                    let range = record.start + range.start..record.start + range.end;
-                    if typ == CONTENT_APPLICATION_DATA {
-                        this.plain = range;
-                    } else if this.control_record(typ, range)? {
-                        this.read_closed = true;
+                    if let Err(failure) = this.process_record(record) {
+                        return Poll::Ready(Err(this.fail(cx, failure)));
+                    }
+                    if this.plain.is_empty() {
+                        this.poll_flush_control(cx)?;
                     }
                     continue;
                 }
@@ -538,7 +860,7 @@ impl AsyncRead for TlsStream {
             if this.head == this.tail {
                 // Nothing buffered: wait for the socket without holding the 80 KiB buffer, so an
                 // idle connection costs little (the RLP's 1000 idle streams).
-                if this.tcp.poll_read_ready(cx).is_pending() {
+                if this.io.poll_read_ready(cx).is_pending() {
                     this.inbuf = Box::default();
                     this.head = 0;
                     this.tail = 0;
@@ -548,51 +870,26 @@ impl AsyncRead for TlsStream {
                     this.inbuf = vec![0; READ_BUFFER].into_boxed_slice();
                 }
             }
-            let mut read = ReadBuf::new(&mut this.inbuf[this.tail..]);
-            ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut read))?;
-            let n = read.filled().len();
-            if n == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "peer closed connection without sending TLS close_notify",
-                )));
+            let result = {
+                let mut read = ReadBuf::new(&mut this.inbuf[this.tail..]);
+                ready!(Pin::new(&mut this.io).poll_read(cx, &mut read)).map(|()| read.filled().len())
+            };
+            match result {
+                Ok(0) => {
+                    let eof = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed connection without sending TLS close_notify",
+                    );
+                    return Poll::Ready(Err(this.fail(cx, Failure::io(&eof))));
+                }
+                Ok(n) => this.tail += n,
+                Err(err) => return Poll::Ready(Err(this.fail(cx, Failure::io(&err)))),
             }
-            this.tail += n;
         }
     }
 }
 
-impl TlsStream {
-    /// Moves the unconsumed bytes to the front of `inbuf`.
-    fn compact(&mut self) {
-        self.inbuf.copy_within(self.head..self.tail, 0);
-        self.tail -= self.head;
-        self.head = 0;
-    }
-
-    fn poll_write_parts(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        if self.close_notify_sent {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "TLS connection closed")));
-        }
-        if self.pending_out() > 0 {
-            match self.poll_flush_out(cx) {
-                Poll::Ready(result) => result?,
-                Poll::Pending if self.pending_out() >= WRITE_HIGH_WATER => return Poll::Pending,
-                Poll::Pending => {}
-            }
-        }
-        let taken = self.seal_all(CONTENT_APPLICATION_DATA, bufs, MAX_WRITE)?;
-        // The bytes are ours now; if the socket is full, the waker registered here (or the
-        // caller's next flush) finishes the job. Writing at once rather than at the flush keeps
-        // the peer busy sooner: gathering frames until the flush measured slightly slower.
-        if let Poll::Ready(Err(e)) = self.poll_flush_out(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(taken))
-    }
-}
-
-impl AsyncWrite for TlsStream {
+impl<T: Transport> AsyncWrite for TlsStream<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.get_mut().poll_write_parts(cx, &[IoSlice::new(buf)])
     }
@@ -611,18 +908,26 @@ impl AsyncWrite for TlsStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(failure) = &this.failed {
+            return Poll::Ready(Err(failure.to_io()));
+        }
         ready!(this.poll_flush_out(cx))?;
-        Pin::new(&mut this.tcp).poll_flush(cx)
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(failure) = &this.failed {
+            // The alert (if any) went out when the connection failed; just close the socket.
+            let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+            return Poll::Ready(Err(failure.to_io()));
+        }
         if !this.close_notify_sent {
             this.close_notify_sent = true;
-            this.tx.seal(CONTENT_ALERT, &[&[1, ALERT_CLOSE_NOTIFY]], &mut this.outbuf);
+            this.tx.seal(CONTENT_ALERT, &[&[ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY]], &mut this.outbuf);
         }
         ready!(this.poll_flush_out(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -773,272 +1078,116 @@ fn encode<D>(data: &mut rustls::unbuffered::EncodeTlsData<'_, D>, out: &mut Vec<
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_support::TestPki;
-    use rustls::CipherSuite;
-    use tokio::net::TcpListener;
+// === fuzzing ===
 
-    /// A rustls provider offering only `suite` (and the versions it belongs to).
-    fn only(
-        suite: CipherSuite,
-    ) -> (Arc<rustls::crypto::CryptoProvider>, &'static [&'static rustls::SupportedProtocolVersion]) {
-        let mut provider = rustls::crypto::ring::default_provider();
-        provider.cipher_suites.retain(|s| s.suite() == suite);
-        assert_eq!(provider.cipher_suites.len(), 1, "{suite:?}");
-        static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-        static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
-        let versions = match provider.cipher_suites[0] {
-            rustls::SupportedCipherSuite::Tls13(_) => TLS13,
-            rustls::SupportedCipherSuite::Tls12(_) => TLS12,
-        };
-        (Arc::new(provider), versions)
-    }
+/// A transport over memory: reads come from `input`, `chunk` bytes at most at a time (so records
+/// straddle reads), and then EOF; writes are kept in `output`.
+struct MemoryTransport {
+    input: Vec<u8>,
+    at: usize,
+    chunk: usize,
+    output: Vec<u8>,
+}
 
-    /// A tokio-rustls (buffered rustls) client config for the test PKI, restricted to `suite`.
-    fn rustls_client(pki: &TestPki, suite: Option<CipherSuite>) -> Arc<ClientConfig> {
-        let ours = pki.client_files().grpc_client_config("localhost").expect("client config");
-        let Some(suite) = suite else { return ours.config };
-        let (provider, versions) = only(suite);
-        let files = pki.client_files();
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in super::super::tls::tests_support_certs(&files.ca_file) {
-            roots.add(ca).unwrap();
-        }
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                super::super::tls::tests_support_certs(&files.cert_file),
-                super::super::tls::tests_support_key(&files.key_file),
-            )
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        config.enable_secret_extraction = true;
-        Arc::new(config)
-    }
-
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
-    }
-
-    /// Writes `data` in uneven pieces, then shuts down (close_notify).
-    async fn send_all<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) {
-        let mut at = 0;
-        let mut step = 1;
-        while at < data.len() {
-            let n = step.min(data.len() - at);
-            w.write_all(&data[at..at + n]).await.unwrap();
-            at += n;
-            step = (step * 7 + 13) % 70_000 + 1;
-        }
-        w.flush().await.unwrap();
-    }
-
-    /// Our server against a tokio-rustls client, both directions, one cipher suite at a time.
-    async fn server_against_rustls_client(suite: CipherSuite) {
-        let pki = TestPki::new(&["doppler"]);
-        let server_config = pki.server_files().grpc_server_config().unwrap();
-        let client_config = rustls_client(&pki, Some(suite));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = pattern(700_000, 1);
-        let down = pattern(500_000, 2);
-        let (up2, down2) = (up.clone(), down.clone());
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = TlsStream::accept(tcp, server_config).await.unwrap();
-            let mut got = Vec::new();
-            tls.read_to_end(&mut got).await.unwrap();
-            assert!(got == up2, "server received {} bytes, corrupted or short", got.len());
-            send_all(&mut tls, &down2).await;
-            tls.shutdown().await.unwrap();
-        });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(client_config);
-        let mut client = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-        assert_eq!(client.get_ref().1.negotiated_cipher_suite().unwrap().suite(), suite);
-        send_all(&mut client, &up[..300_000]).await;
-        // Midway, the rustls client moves to new keys (TLS 1.3 only) and asks us to do the same.
-        if client.get_ref().1.protocol_version() == Some(ProtocolVersion::TLSv1_3) {
-            client.get_mut().1.refresh_traffic_keys().unwrap();
-        }
-        send_all(&mut client, &up[300_000..]).await;
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert!(got == down, "client received {} bytes, corrupted or short", got.len());
-        server.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn server_speaks_tls13_aes128_with_rustls_clients() {
-        server_against_rustls_client(CipherSuite::TLS13_AES_128_GCM_SHA256).await;
-    }
-
-    #[tokio::test]
-    async fn server_speaks_tls13_aes256_with_rustls_clients() {
-        server_against_rustls_client(CipherSuite::TLS13_AES_256_GCM_SHA384).await;
-    }
-
-    #[tokio::test]
-    async fn server_speaks_tls13_chacha_with_rustls_clients() {
-        server_against_rustls_client(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256).await;
-    }
-
-    #[tokio::test]
-    async fn server_speaks_tls12_aes_gcm_with_rustls_clients() {
-        server_against_rustls_client(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).await;
-        server_against_rustls_client(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384).await;
-    }
-
-    #[tokio::test]
-    async fn server_speaks_tls12_chacha_with_rustls_clients() {
-        server_against_rustls_client(CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256).await;
-    }
-
-    /// Our client against a tokio-rustls server; our side updates its keys every few records.
-    #[tokio::test]
-    async fn client_speaks_with_rustls_servers_and_updates_its_keys() {
-        let pki = TestPki::new(&["doppler"]);
-        let server_config = pki.server_files().rustls_server_config().unwrap();
-        let client = pki.client_files().grpc_client_config("doppler").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = pattern(400_000, 3);
-        let down = pattern(300_000, 4);
-        let (up2, down2) = (up.clone(), down.clone());
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            // Session tickets on (rustls's default): our client must skip them.
-            let mut tls = tokio_rustls::TlsAcceptor::from(server_config).accept(tcp).await.unwrap();
-            let mut got = Vec::new();
-            tls.read_to_end(&mut got).await.unwrap();
-            assert!(got == up2, "server received {} bytes, corrupted or short", got.len());
-            send_all(&mut tls, &down2).await;
-            tls.shutdown().await.unwrap();
-        });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut tls = TlsStream::connect(tcp, client.config, client.server_name).await.unwrap();
-        assert_eq!(tls.protocol_version(), ProtocolVersion::TLSv1_3);
-        tls.set_tx_limit(3);
-        send_all(&mut tls, &up).await;
-        // ~25 records went out: without key updates the sequence number would be past 20.
-        assert!(tls.tx.seq <= 3, "keys were updated (sequence restarted), seq {}", tls.tx.seq);
-        tls.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        tls.read_to_end(&mut got).await.unwrap();
-        assert!(got == down, "client received {} bytes, corrupted or short", got.len());
-        server.await.unwrap();
-    }
-
-    /// Both ends ours, with the rustls-free data path both ways at once.
-    #[tokio::test]
-    async fn our_client_and_server_exchange_concurrently() {
-        let pki = TestPki::new(&["doppler"]);
-        let server_config = pki.server_files().grpc_server_config().unwrap();
-        let client = pki.client_files().grpc_client_config("doppler").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let tls = TlsStream::accept(tcp, server_config).await.unwrap();
-            // Echo everything back.
-            let (mut r, mut w) = tokio::io::split(tls);
-            tokio::io::copy(&mut r, &mut w).await.unwrap();
-            w.shutdown().await.unwrap();
-        });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = TlsStream::connect(tcp, client.config, client.server_name).await.unwrap();
-        let (mut r, mut w) = tokio::io::split(tls);
-        let data = pattern(2_000_000, 5);
-        let sent = data.clone();
-        let writer = tokio::spawn(async move {
-            send_all(&mut w, &sent).await;
-            w.shutdown().await.unwrap();
-        });
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).await.unwrap();
-        writer.await.unwrap();
-        assert!(got == data, "echo returned {} bytes, corrupted or short", got.len());
-        server.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_client_without_a_certificate_is_refused_with_an_alert() {
-        let pki = TestPki::new(&["doppler"]);
-        let server_config = pki.server_files().grpc_server_config().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            TlsStream::accept(tcp, server_config).await.map(|_| ())
-        });
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in super::super::tls::tests_support_certs(&pki.client_files().ca_file) {
-            roots.add(ca).unwrap();
-        }
-        let config = ClientConfig::builder_with_provider(crate::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut client = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("doppler").unwrap(), tcp)
-            .await
-            .unwrap();
-        // TLS 1.3: the client learns of the refusal on its first read.
-        let mut byte = [0u8; 1];
-        let err = client.read(&mut byte).await.expect_err("refused");
-        assert!(err.to_string().contains("CertificateRequired"), "{err}");
-        let err = server.await.unwrap().expect_err("handshake fails");
-        assert!(err.to_string().contains("peer sent no certificates"), "{err}");
-    }
-
-    /// Our client connected to our server, whose task reads until the end of the stream.
-    async fn client_and_server_reading_to_end() -> (TlsStream, tokio::task::JoinHandle<io::Result<Vec<u8>>>) {
-        let pki = TestPki::new(&["doppler"]);
-        let server_config = pki.server_files().grpc_server_config().unwrap();
-        let client = pki.client_files().grpc_client_config("doppler").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            // What the client sends right after its Finished may arrive in the same read as
-            // Finished, and then the handshake itself refuses it: both places are a refusal.
-            let mut tls = TlsStream::accept(tcp, server_config).await?;
-            let mut got = Vec::new();
-            tls.read_to_end(&mut got).await.map(|_| got)
-        });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = TlsStream::connect(tcp, client.config, client.server_name).await.unwrap();
-        (tls, server)
-    }
-
-    #[tokio::test]
-    async fn an_oversized_record_is_refused_before_it_is_buffered() {
-        let (mut tls, server) = client_and_server_reading_to_end().await;
-        let len = (MAX_CIPHERTEXT + 1) as u16;
-        tls.outbuf.extend_from_slice(&[CONTENT_APPLICATION_DATA, 3, 3]);
-        tls.outbuf.extend_from_slice(&len.to_be_bytes());
-        tls.flush().await.unwrap();
-        let err = server.await.unwrap().expect_err("refused");
-        // Refused by our record layer, or by rustls if it came with the handshake's last flight.
-        let msg = err.to_string();
-        assert!(msg.contains("oversized TLS record") || msg.contains("MessageTooLarge"), "{msg}");
-    }
-
-    #[tokio::test]
-    async fn a_tampered_record_is_an_error_not_data() {
-        let (mut tls, server) = client_and_server_reading_to_end().await;
-        tls.tx.seal(CONTENT_APPLICATION_DATA, &[b"hello"], &mut tls.outbuf);
-        let last = tls.outbuf.len() - 1;
-        tls.outbuf[last] ^= 1;
-        tls.flush().await.unwrap();
-        let err = server.await.unwrap().expect_err("tampering detected");
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+impl AsyncRead for MemoryTransport {
+    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let n = buf.remaining().min(this.chunk).min(this.input.len() - this.at);
+        buf.put_slice(&this.input[this.at..this.at + n]);
+        this.at += n;
+        Poll::Ready(Ok(()))
     }
 }
+
+impl AsyncWrite for MemoryTransport {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.output.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for MemoryTransport {
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The fixed connection parameters a seed stands for: byte 0 picks version and cipher
+/// (TLS 1.3 AES-128-GCM, AES-256-GCM, ChaCha20; TLS 1.2 AES-128-GCM, ChaCha20), bit 0 of byte 1
+/// makes our side the client, byte 2 the transport's read size, the rest is the key and IV
+/// (zero-padded). Both directions use the same key, so a record sealed by one side opens on the other.
+struct FixedSecrets {
+    algorithm: &'static aead::Algorithm,
+    version: ProtocolVersion,
+    client: bool,
+    chunk: usize,
+    key: Vec<u8>,
+    iv: [u8; aead::NONCE_LEN],
+}
+
+impl FixedSecrets {
+    fn from_seed(seed: &[u8]) -> Self {
+        let byte = |i: usize| seed.get(i).copied().unwrap_or(0);
+        let (algorithm, version) = match byte(0) % 5 {
+            0 => (&aead::AES_128_GCM, ProtocolVersion::TLSv1_3),
+            1 => (&aead::AES_256_GCM, ProtocolVersion::TLSv1_3),
+            2 => (&aead::CHACHA20_POLY1305, ProtocolVersion::TLSv1_3),
+            3 => (&aead::AES_128_GCM, ProtocolVersion::TLSv1_2),
+            _ => (&aead::CHACHA20_POLY1305, ProtocolVersion::TLSv1_2),
+        };
+        let material: Vec<u8> = (0..algorithm.key_len() + aead::NONCE_LEN).map(|i| byte(3 + i)).collect();
+        let (key, iv) = material.split_at(algorithm.key_len());
+        Self {
+            algorithm,
+            version,
+            client: byte(1) & 1 == 1,
+            chunk: 1 + usize::from(byte(2)) * 67,
+            key: key.to_vec(),
+            iv: iv.try_into().expect("the IV part is NONCE_LEN long"),
+        }
+    }
+
+    fn protection(&self) -> Protection {
+        Protection::from_parts(self.algorithm, &self.key, &self.iv, 0, self.version)
+            .expect("ring accepts keys of its algorithm's length")
+    }
+
+    fn stream(&self, input: Vec<u8>) -> TlsStream<MemoryTransport> {
+        let kernel =
+            Kernel::Fixed { client: self.client, algorithm: self.algorithm, key: self.key.clone(), iv: self.iv };
+        let transport = MemoryTransport { input, at: 0, chunk: self.chunk, output: Vec::new() };
+        TlsStream::new(transport, kernel, self.version, self.protection(), self.protection())
+    }
+}
+
+/// Entry point for a fuzz target: a [`TlsStream`] with fixed secrets (see `FixedSecrets`:
+/// `secrets_seed` picks version, cipher, side and key) reads `records` from memory until the end
+/// of stream or an error, then writes once. Returns the application bytes read. Never panics.
+#[doc(hidden)]
+pub fn fuzz_read_records(secrets_seed: &[u8], records: &[u8]) -> usize {
+    let mut stream = FixedSecrets::from_seed(secrets_seed).stream(records.to_vec());
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut read = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut out = ReadBuf::new(&mut buf);
+        match Pin::new(&mut stream).poll_read(&mut cx, &mut out) {
+            Poll::Ready(Ok(())) if !out.filled().is_empty() => read += out.filled().len(),
+            // End of stream, an error, or (the transport never blocks) nothing more to do.
+            _ => break,
+        }
+    }
+    let _ = Pin::new(&mut stream).poll_write(&mut cx, b"after");
+    read
+}
+
+#[cfg(test)]
+mod tests;
