@@ -3,8 +3,8 @@
 //! `id` (cached per token and id); `GET /v3/apps` + `/v3/service_instances` list what the caller may
 //! see (Meta); `GET /v3/apps?names=…&per_page=5000` turns app names into GUIDs (PromQL).
 //!
-//! CC is reached over `http://` or `https://` ([`super::https`]). A CC that cannot be reached or
-//! answers garbage allows nothing; such failures are logged here and never cached.
+//! CC is reached over `https://` ([`super::https`]; `http://` only where the config allows it, for
+//! tests). A CC that cannot be reached or answers garbage allows nothing; such failures are logged here and never cached.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,6 +22,9 @@ use super::{async_trait, AuthError, Caller, SourceAccess};
 
 /// Most cached answers; expired entries are dropped when full, and everything if that is not enough.
 const CACHE_CAPACITY: usize = 10_000;
+
+/// A token's readable source ids, and when CC listed them.
+type Listing = (Instant, Arc<HashSet<String>>);
 
 /// Time allowed for one CC request, body included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +65,9 @@ pub struct CloudController {
     ttl: Duration,
     /// (token, source id) → (when asked, allowed).
     cache: Mutex<HashMap<(String, String), (Instant, bool)>>,
+    /// Every source id a token may read (its app and service instance listings), per token, for the
+    /// same TTL: a dashboard polls Meta, and each listing is several CC pages.
+    listings: Mutex<HashMap<String, Listing>>,
 }
 
 impl std::fmt::Debug for CloudController {
@@ -115,7 +121,14 @@ impl CloudController {
             return Err(url_error("no query string expected"));
         }
         let origin = format!("{scheme}://{authority}");
-        Ok(Self { base, origin, client: https::client(tls), ttl, cache: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            base,
+            origin,
+            client: https::client(tls),
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+        })
     }
 
     /// `GET {url}` with the caller's token: the status and body.
@@ -245,13 +258,34 @@ impl SourceAccess for CloudController {
     }
 
     async fn readable_sources(&self, caller: &Caller) -> HashSet<String> {
+        if let Some((at, listed)) = self.listings.lock().get(&caller.token) {
+            if at.elapsed() < self.ttl {
+                return HashSet::clone(listed);
+            }
+        }
         let per_page = format!("?per_page={PER_PAGE}");
         let mut all = HashSet::new();
+        let mut complete = true;
         for listing in ["/v3/apps", "/v3/service_instances"] {
             match self.list(&format!("{listing}{per_page}"), &caller.token).await {
                 Ok(resources) => all.extend(resources.into_iter().map(|r| r.guid)),
-                Err(error) => log_failure(&error, listing),
+                Err(error) => {
+                    complete = false;
+                    log_failure(&error, listing);
+                }
             }
+        }
+        // A listing cut short by a CC failure is not remembered: the next request asks again.
+        if complete {
+            let mut listings = self.listings.lock();
+            if listings.len() >= CACHE_CAPACITY {
+                let ttl = self.ttl;
+                listings.retain(|_, (at, _)| at.elapsed() < ttl);
+                if listings.len() >= CACHE_CAPACITY {
+                    listings.clear();
+                }
+            }
+            listings.insert(caller.token.clone(), (Instant::now(), Arc::new(all.clone())));
         }
         all
     }

@@ -59,6 +59,9 @@ pub struct AuthConfig {
     /// How long a CC answer is cached per (token, source id).
     #[serde(with = "plumbing::millis")]
     pub cc_cache_ttl: Duration,
+    /// Accept `http://` for `cc_url` and `uaa_url`. For test setups only: HS256 keys fetched from UAA
+    /// in cleartext let whoever is on the path mint admin tokens, and CC answers decide who reads what.
+    pub allow_insecure_http: bool,
 }
 
 impl AuthConfig {
@@ -71,9 +74,10 @@ impl AuthConfig {
             return Err(ConfigError { field: "jwt_keys", reason: "at least one key (or uaa_url) is needed".into() });
         }
         let cc = ["cc_url", "cc_ca_file", "cc_skip_cert_verify"];
-        validate_url(cc, self.cc_url.as_deref(), self.cc_ca_file.is_some(), self.cc_skip_cert_verify)?;
+        let insecure = self.allow_insecure_http;
+        validate_url(cc, self.cc_url.as_deref(), self.cc_ca_file.is_some(), self.cc_skip_cert_verify, insecure)?;
         let uaa = ["uaa_url", "uaa_ca_file", "uaa_skip_cert_verify"];
-        validate_url(uaa, self.uaa_url.as_deref(), self.uaa_ca_file.is_some(), self.uaa_skip_cert_verify)
+        validate_url(uaa, self.uaa_url.as_deref(), self.uaa_ca_file.is_some(), self.uaa_skip_cert_verify, insecure)
     }
 
     /// How to verify an `https` `cc_url`; `None` for `http` (checked by `validate`).
@@ -103,20 +107,28 @@ fn server_verification(ca_file: Option<&PathBuf>, skip_verify: bool) -> Option<S
     }
 }
 
-/// An `http://` or `https://` URL of the auth section: https needs exactly one of a CA file and an
-/// explicit skip of verification; http takes neither. `fields` names the URL, CA and skip fields.
+/// An `https://` URL of the auth section (or `http://` when `allow_http`): https needs exactly one of
+/// a CA file and an explicit skip of verification; http takes neither. `fields` names the URL, CA and
+/// skip fields.
 fn validate_url(
     fields: [&'static str; 3],
     url: Option<&str>,
     ca_file: bool,
     skip_verify: bool,
+    allow_http: bool,
 ) -> Result<(), ConfigError> {
     let [url_field, ca_field, skip_field] = fields;
     let error = |field: &'static str, reason: String| ConfigError { field, reason };
     let https = match url {
         Some(url) if url.starts_with("https://") => true,
-        Some(url) if url.starts_with("http://") => false,
-        Some(url) => return Err(error(url_field, format!("`{url}`: must start with http:// or https://"))),
+        Some(url) if url.starts_with("http://") && allow_http => false,
+        Some(url) if url.starts_with("http://") => {
+            return Err(error(
+                url_field,
+                format!("`{url}`: must be https:// (http:// only with allow_insecure_http, for test setups)"),
+            ))
+        }
+        Some(url) => return Err(error(url_field, format!("`{url}`: must start with https://"))),
         None if ca_file || skip_verify => {
             return Err(error(url_field, format!("needed with {ca_field} or {skip_field}")))
         }
@@ -154,6 +166,7 @@ mod tests {
             cc_url: url.map(str::to_string),
             cc_ca_file: ca.map(PathBuf::from),
             cc_skip_cert_verify: skip,
+            allow_insecure_http: true,
             ..AuthConfig::default()
         };
         let field = |config: AuthConfig| config.validate().err().map(|error| error.field);
@@ -170,6 +183,25 @@ mod tests {
         assert_eq!(field(AuthConfig { uaa_skip_cert_verify: true, ..uaa.clone() }), None);
         assert_eq!(field(AuthConfig { jwt_keys: Vec::new(), uaa_url: Some("http://uaa".into()), ..uaa }), None);
         assert_eq!(field(AuthConfig { jwt_keys: Vec::new(), ..auth(None, None, false) }), Some("jwt_keys"));
+    }
+
+    #[test]
+    fn cleartext_uaa_and_cloud_controller_are_refused_unless_allowed() {
+        let base = AuthConfig {
+            enabled: true,
+            jwt_keys: vec![JwtKey { algorithm: "HS256".into(), key: Secret("s".into()) }],
+            ..AuthConfig::default()
+        };
+        let cc = AuthConfig { cc_url: Some("http://cc:9022".into()), ..base.clone() };
+        let error = cc.validate().unwrap_err();
+        assert_eq!(error.field, "cc_url");
+        assert!(error.reason.contains("must be https://"), "{error}");
+        let uaa = AuthConfig { uaa_url: Some("http://uaa:8080".into()), ..base.clone() };
+        assert_eq!(uaa.validate().unwrap_err().field, "uaa_url");
+        assert_eq!(AuthConfig { allow_insecure_http: true, ..cc }.validate(), Ok(()));
+        assert_eq!(AuthConfig { allow_insecure_http: true, ..uaa }.validate(), Ok(()));
+        let https = AuthConfig { uaa_url: Some("https://uaa".into()), uaa_ca_file: Some("/ca.pem".into()), ..base };
+        assert_eq!(https.validate(), Ok(()));
     }
 
     #[test]

@@ -75,8 +75,8 @@ pub enum Denied {
     NotAllowed,
 }
 
-/// A verified caller.
-#[derive(Debug, Clone)]
+/// A verified caller. Its `Debug` leaves the token out: a caller may be logged, its token never.
+#[derive(Clone)]
 pub struct Caller {
     /// Holds one of [`ADMIN_SCOPES`]: reads every source id.
     pub admin: bool,
@@ -86,6 +86,17 @@ pub struct Caller {
     pub token: String,
     /// `user_id`, `sub` and `client_id` claims present in the token: the ACL's keys.
     pub identities: Vec<String>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("admin", &self.admin)
+            .field("scopes", &self.scopes)
+            .field("token", &"***")
+            .field("identities", &self.identities)
+            .finish()
+    }
 }
 
 impl Caller {

@@ -33,6 +33,18 @@ async fn admin_scopes_read_everything() {
 }
 
 #[tokio::test]
+async fn a_caller_prints_without_its_token() {
+    let auth = authorizer("");
+    let raw = token(&["openid"], "someone", 60);
+    let caller = auth.authenticate(Some(&raw)).await.expect("valid");
+    let printed = format!("{caller:?}");
+    assert!(!printed.contains(&raw), "{printed}");
+    // Not even a fragment of the signature.
+    assert!(!printed.contains(raw.rsplit('.').next().unwrap()), "{printed}");
+    assert!(printed.contains("someone"), "identities still show: {printed}");
+}
+
+#[tokio::test]
 async fn scopes_are_kept_and_asked_for_exactly() {
     let auth = authorizer("");
     let caller = auth.authenticate(Some(&token(&["doppler.firehose", "openid"], "u", 60))).await.expect("valid");

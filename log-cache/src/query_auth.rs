@@ -14,6 +14,9 @@ use auth::{bearer_token, Authorizer, Denied};
 
 pub use source_ids::{QueryError, SourceIdQuery};
 
+/// Access checks of one query in flight at once.
+pub const MAX_CONCURRENT_CHECKS: usize = 16;
+
 /// Why a PromQL query is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryRejection {
@@ -44,7 +47,7 @@ pub async fn authorize_query(
     let parsed = SourceIdQuery::parse(query)?;
     let caller = authorizer.authenticate(authorization).await?;
     let mut guids_by_name = authorizer.app_guids_by_name(&caller, parsed.source_ids()).await;
-    let mut expansions = HashMap::with_capacity(parsed.source_ids().len());
+    let mut expansions: HashMap<String, Vec<String>> = HashMap::with_capacity(parsed.source_ids().len());
     for id in parsed.source_ids() {
         // The GUIDs of the apps named `id`, then `id` itself (it may be a GUID, or a system
         // component's source id).
@@ -52,19 +55,28 @@ pub async fn authorize_query(
         ids.push(id.clone());
         let mut seen = HashSet::new();
         ids.retain(|candidate| seen.insert(candidate.clone()));
-        if !caller.admin {
-            let mut allowed = Vec::with_capacity(ids.len());
-            for candidate in ids {
-                if authorizer.may_read(&caller, &candidate).await {
-                    allowed.push(candidate);
-                }
-            }
-            if allowed.is_empty() {
+        expansions.insert(id.clone(), ids);
+    }
+    // Expansion may multiply the ids; the query evaluated is bounded as the query asked is.
+    let candidates: HashSet<&String> = expansions.values().flatten().collect();
+    if candidates.len() > crate::promql::MAX_SOURCES_PER_QUERY {
+        return Err(QueryError::TooManySources { count: candidates.len() }.into());
+    }
+    if !caller.admin {
+        // Each distinct id is checked once, several at a time: a CC round trip each, and a query may
+        // name up to `MAX_SOURCES_PER_QUERY` of them.
+        let candidates: Vec<String> = candidates.into_iter().cloned().collect();
+        let mut allowed = HashSet::with_capacity(candidates.len());
+        for chunk in candidates.chunks(MAX_CONCURRENT_CHECKS) {
+            let answers = futures::future::join_all(chunk.iter().map(|id| authorizer.may_read(&caller, id))).await;
+            allowed.extend(chunk.iter().zip(answers).filter(|(_, yes)| *yes).map(|(id, _)| id.clone()));
+        }
+        for ids in expansions.values_mut() {
+            ids.retain(|candidate| allowed.contains(candidate));
+            if ids.is_empty() {
                 return Err(Denied::NotAllowed.into());
             }
-            ids = allowed;
         }
-        expansions.insert(id.clone(), ids);
     }
     if expansions.iter().all(|(id, ids)| matches!(ids.as_slice(), [only] if only == id)) {
         return Ok(query.to_string());

@@ -141,6 +141,7 @@ async fn cloud_controller_decides_for_non_admins_and_is_cached() {
     config.auth.enabled = true;
     config.auth.jwt_keys = vec![JwtKey { algorithm: "HS256".into(), key: Secret(SECRET.into()) }];
     config.auth.cc_url = Some(format!("http://{cc}"));
+    config.auth.allow_insecure_http = true;
     let cache = start(config).await;
     cache
         .send(vec![log_envelope("cc-app", 1, "a"), log_envelope("cc-si", 2, "b"), log_envelope("other", 3, "c")])

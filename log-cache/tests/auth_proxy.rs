@@ -32,6 +32,8 @@ fn auth_config(cc_url: Option<String>) -> Config {
     config.auth.enabled = true;
     config.auth.jwt_keys = vec![JwtKey { algorithm: "HS256".into(), key: Secret(SECRET.into()) }];
     config.auth.cc_url = cc_url;
+    // The CC stub of most tests is plain HTTP.
+    config.auth.allow_insecure_http = true;
     config
 }
 
@@ -554,6 +556,10 @@ async fn meta_for_non_admins_lists_their_cc_apps_and_service_instances_only() {
     assert!(body.contains(r#""si-1":{"count":"1","oldestTimestamp":"7","newestTimestamp":"7"}"#), "{body}");
     assert!(!body.contains("expired"), "zero fields are omitted: {body}");
     assert_eq!(cc.count("/v3/apps?"), 2, "followed the pages: {:?}", cc.requests());
+    let (_, _, again) = get(&cache.http_url("/api/v1/meta"), &[("authorization", user.as_str())]).await;
+    assert_eq!(again, body, "the same answer");
+    assert_eq!(cc.count("/v3/apps?"), 2, "the listing is cached for the token: {:?}", cc.requests());
+    assert_eq!(cc.count("/v3/service_instances?"), 1, "{:?}", cc.requests());
 
     let admin = token(&["doppler.firehose"], "root");
     let (_, _, body) = get(&cache.http_url("/api/v1/meta"), &[("authorization", admin.as_str())]).await;

@@ -8,6 +8,10 @@
 
 use super::PromQLError;
 
+/// The most distinct source ids a query may name. Each is read from the store (or its owner) and,
+/// for a caller who is not admin, checked with the access checks; Grafana dashboards name a few.
+pub const MAX_SOURCES_PER_QUERY: usize = 100;
+
 /// The most operators plus opening parentheses a query may hold.
 /// At this bound a query needs about 1.5 MiB of stack in a debug build (~7 KiB per level), 300 KiB in
 /// release; blocking threads have 2 MiB.

@@ -44,6 +44,7 @@ use promql_parser::parser::value::ValueType;
 use promql_parser::parser::Expr;
 
 pub use error::PromQLError;
+pub use guard::MAX_SOURCES_PER_QUERY;
 pub use json::{error_to_json, instant_result_to_json, range_result_to_json};
 
 use eval::{Deadline, Evaluator, SampleBudget, Value};

@@ -27,6 +27,8 @@ pub enum QueryError {
     TooComplex { count: usize },
     #[error("query does not request any source_ids")]
     NoSourceIds,
+    #[error("query names {count} source ids, at most {} allowed", crate::promql::MAX_SOURCES_PER_QUERY)]
+    TooManySources { count: usize },
 }
 
 /// Why a rewritten query was refused: printing and re-parsing it did not name exactly the ids that
@@ -53,6 +55,9 @@ impl SourceIdQuery {
         let ids = source_ids(&mut expr);
         if ids.is_empty() {
             return Err(QueryError::NoSourceIds);
+        }
+        if ids.len() > crate::promql::MAX_SOURCES_PER_QUERY {
+            return Err(QueryError::TooManySources { count: ids.len() });
         }
         Ok(Self { expr, ids: ids.into_iter().collect() })
     }

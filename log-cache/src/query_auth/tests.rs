@@ -96,3 +96,65 @@ async fn non_admins_keep_only_what_they_may_read() {
         r#"cpu{source_id="sys"}"#
     );
 }
+
+/// Lets every check through once `wanted` of them are in flight together (or after a deadline),
+/// recording the most seen at once.
+struct Gate {
+    wanted: usize,
+    in_flight: tokio::sync::watch::Sender<usize>,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl SourceAccess for Gate {
+    async fn may_read(&self, _caller: &Caller, _source_id: &str) -> bool {
+        self.in_flight.send_modify(|n| *n += 1);
+        let now = *self.in_flight.borrow();
+        self.most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        let mut rx = self.in_flight.subscribe();
+        let wanted = self.wanted;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), rx.wait_for(|n| *n >= wanted)).await;
+        true
+    }
+
+    async fn readable_sources(&self, _caller: &Caller) -> HashSet<String> {
+        HashSet::new()
+    }
+}
+
+#[tokio::test]
+async fn a_query_checks_its_sources_concurrently() {
+    let gate = std::sync::Arc::new(Gate {
+        wanted: 8,
+        in_flight: tokio::sync::watch::channel(0).0,
+        most: std::sync::atomic::AtomicUsize::new(0),
+    });
+    struct Shared(std::sync::Arc<Gate>);
+    #[async_trait]
+    impl SourceAccess for Shared {
+        async fn may_read(&self, caller: &Caller, source_id: &str) -> bool {
+            self.0.may_read(caller, source_id).await
+        }
+        async fn readable_sources(&self, caller: &Caller) -> HashSet<String> {
+            self.0.readable_sources(caller).await
+        }
+    }
+    let auth = Authorizer::new(&[key()], vec![Box::new(Shared(gate.clone()))]).expect("valid key");
+    let ids: Vec<String> = (0..8).map(|i| format!("app-{i}")).collect();
+    let query = format!(r#"cpu{{source_id=~"{}"}}"#, ids.join("|"));
+    let started = std::time::Instant::now();
+    authorize_query(&auth, Some(&bearer(&[], "carol")), &query).await.expect("allowed");
+    assert_eq!(gate.most.load(std::sync::atomic::Ordering::SeqCst), 8, "all eight checks were in flight at once");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "no check waited for the deadline");
+}
+
+#[tokio::test]
+async fn a_query_names_a_bounded_number_of_sources() {
+    let auth = fake_cc_authorizer();
+    let ids: Vec<String> = (0..=crate::promql::MAX_SOURCES_PER_QUERY).map(|i| format!("app-{i}")).collect();
+    let query = format!(r#"cpu{{source_id=~"{}"}}"#, ids.join("|"));
+    let refused = authorize_query(&auth, Some(&bearer(&["logs.admin"], "root")), &query).await.unwrap_err();
+    assert_eq!(refused, QueryRejection::BadQuery(QueryError::TooManySources { count: ids.len() }));
+    let fits = format!(r#"cpu{{source_id=~"{}"}}"#, ids[1..].join("|"));
+    authorize_query(&auth, Some(&bearer(&["logs.admin"], "root")), &fits).await.expect("at the bound is allowed");
+}
