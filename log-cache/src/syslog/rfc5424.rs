@@ -190,7 +190,11 @@ pub fn parse_rfc3339_nanos(text: &[u8]) -> Option<i64> {
         let (clock, offset) = time.split_at(at);
         let sign = if offset.starts_with('-') { -1 } else { 1 };
         let (h, m) = offset[1..].split_once(':')?;
-        (clock, sign * (num(h)? * 3600 + num(m)? * 60))
+        let (h, m) = (num(h)?, num(m)?);
+        if h > 23 || m > 59 {
+            return None;
+        }
+        (clock, sign * (h * 3600 + m * 60))
     };
     let (hms, fraction) = match clock.split_once('.') {
         Some((hms, fraction)) => (hms, Some(fraction)),
@@ -200,7 +204,15 @@ pub fn parse_rfc3339_nanos(text: &[u8]) -> Option<i64> {
     let hour = num(hms_parts.next()?)?;
     let minute = num(hms_parts.next()?)?;
     let second = num(hms_parts.next()?)?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    // RFC 3339 years have four digits, which keeps the day and second arithmetic below in range;
+    // only the final scaling to nanoseconds can overflow (before 1678, after 2262): it is checked.
+    if !(0..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let nanos = match fraction {
@@ -382,6 +394,21 @@ mod tests {
             let result = parse(bad.as_bytes()).and_then(|m| to_envelope(m, 0));
             assert!(result.is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn out_of_range_timestamps_are_refused_not_overflowed() {
+        // Each of these overflowed i64 arithmetic (a panic in debug builds) before being bounded.
+        for text in [
+            "99999999999999-01-01T00:00:00Z",
+            "2024-01-01T00:00:00+99999999999999:00",
+            "2024-01-01T00:00:00-00:99999999999999",
+            "9999-12-31T23:59:59Z",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339_nanos(text.as_bytes()), None, "{text}");
+        }
+        assert_eq!(parse_rfc3339_nanos(b"2262-04-11T23:47:16Z"), Some(9_223_372_036_000_000_000));
     }
 
     #[test]
