@@ -67,6 +67,7 @@ impl TlsArgs {
             ca_file: self.tls_ca.clone()?,
             cert_file: self.tls_cert.clone()?,
             key_file: self.tls_key.clone()?,
+            tls_engine: Default::default(),
         })
     }
 }
@@ -282,7 +283,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         config.tls = Some(tls);
     }
     if let (Some(ca), Some(cert), Some(key)) = (args.doppler_ca, args.doppler_cert, args.doppler_key) {
-        config.doppler_tls = Some(TlsFiles { ca_file: ca, cert_file: cert, key_file: key });
+        config.doppler_tls =
+            Some(TlsFiles { ca_file: ca, cert_file: cert, key_file: key, tls_engine: Default::default() });
     }
     tracing::info!(?config, "agent configuration");
     let registry = Registry::new();
@@ -367,7 +369,8 @@ async fn run_traffic_controller(args: TrafficControllerArgs) -> anyhow::Result<(
         config.dopplers = args.dopplers;
     }
     if let (Some(ca), Some(cert), Some(key)) = (args.doppler_ca, args.doppler_cert, args.doppler_key) {
-        config.doppler_tls = Some(TlsFiles { ca_file: ca, cert_file: cert, key_file: key });
+        config.doppler_tls =
+            Some(TlsFiles { ca_file: ca, cert_file: cert, key_file: key, tls_engine: Default::default() });
     }
     if let Some(tls) = args.tls.files() {
         config.rlp.tls = Some(tls);

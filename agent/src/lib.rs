@@ -97,7 +97,7 @@ impl Metrics {
 /// A bound agent, ready to serve.
 pub struct Agent {
     config: Config,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls: Option<plumbing::tls::ServerTls>,
     doppler_tls: Option<plumbing::tls::ClientTls>,
     listener: TcpListener,
     udp: Option<UdpSocket>,

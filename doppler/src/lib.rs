@@ -78,7 +78,7 @@ impl Metrics {
 /// A bound Doppler, ready to serve.
 pub struct Doppler {
     config: Config,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls: Option<plumbing::tls::ServerTls>,
     listener: TcpListener,
     addrs: Addrs,
     router: Arc<Router>,

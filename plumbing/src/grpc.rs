@@ -8,7 +8,8 @@
 //!   before HTTP/2 sees it. With TLS configured, our connections are [`TlsStream`]s instead (our
 //!   own record layer after rustls's handshake, BENCHMARKS.md §0): tonic is given plain `http://`
 //!   endpoints and already-secured connections. Handshakes run in their own tasks, so a slow or
-//!   hostile client never holds up the accept loop.
+//!   hostile client never holds up the accept loop. `tls_engine = "rustls"` ([`TlsEngine`]) makes
+//!   them tokio-rustls connections over a buffered socket instead.
 //! - Plain connections read through a 64 KiB buffer: one system call per 64 KiB.
 //!
 //! Servers and clients also announce a larger [`MAX_FRAME_SIZE`].
@@ -26,8 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::tls::ClientTls;
-use crate::tls_stream::TlsStream;
+use crate::tls::{ClientTls, ServerTls, TlsEngine};
+use crate::tls_stream::{TlsStream, HANDSHAKE_TIMEOUT};
 
 /// Bytes read from the socket at a time.
 pub const READ_BUFFER: usize = 64 * 1024;
@@ -134,10 +135,32 @@ impl Connected for BufferedStream {
     }
 }
 
-/// A connection of a gRPC server or client: plain TCP read through a buffer, or TLS.
+/// A connection of a gRPC server or client: plain TCP read through a buffer, or TLS by one of the
+/// two [`TlsEngine`]s.
 pub enum Conn {
     Plain(BufferedStream),
+    /// [`TlsEngine::Inplace`].
     Tls(Box<TlsStream>),
+    /// [`TlsEngine::Rustls`].
+    Rustls(Box<tokio_rustls::TlsStream<BufferedStream>>),
+}
+
+impl Conn {
+    /// Sends a TLS 1.3 `KeyUpdate` and moves to new sending keys, asking the peer to do the same
+    /// when `request_peer` (tokio-rustls always asks). For interop tests: both engines update
+    /// their keys by themselves when a cipher's limit nears.
+    #[doc(hidden)]
+    pub fn update_tls_keys(&mut self, request_peer: bool) -> io::Result<()> {
+        let refreshed = match self {
+            Conn::Plain(_) => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a TLS connection")),
+            Conn::Tls(s) => return s.update_keys(request_peer),
+            Conn::Rustls(s) => match s.as_mut() {
+                tokio_rustls::TlsStream::Client(c) => c.get_mut().1.refresh_traffic_keys(),
+                tokio_rustls::TlsStream::Server(c) => c.get_mut().1.refresh_traffic_keys(),
+            },
+        };
+        refreshed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
 }
 
 impl AsyncRead for Conn {
@@ -145,6 +168,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -154,6 +178,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -165,6 +190,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Conn::Rustls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -172,6 +198,7 @@ impl AsyncWrite for Conn {
         match self {
             Conn::Plain(s) => s.is_write_vectored(),
             Conn::Tls(s) => s.is_write_vectored(),
+            Conn::Rustls(s) => s.is_write_vectored(),
         }
     }
 
@@ -179,6 +206,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -186,6 +214,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -197,6 +226,7 @@ impl Connected for Conn {
         match self {
             Conn::Plain(s) => s.connect_info(),
             Conn::Tls(s) => s.tcp().connect_info(),
+            Conn::Rustls(s) => s.get_ref().0.connect_info(),
         }
     }
 }
@@ -209,7 +239,7 @@ const MAX_HANDSHAKES: usize = 256;
 /// dropped; the server goes on serving everyone else.
 pub fn incoming(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<ServerTls>,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
     let accepted = TcpIncoming::from(listener).with_nodelay(Some(true));
     match tls {
@@ -235,10 +265,10 @@ pub fn incoming(
                     let (tx, config) = (tx.clone(), config.clone());
                     tokio::spawn(async move {
                         let peer = stream.peer_addr().ok();
-                        match TlsStream::accept(stream, config).await {
-                            Ok(tls) => {
+                        match accept_tls(stream, &config).await {
+                            Ok(conn) => {
                                 drop(permit);
-                                let _ = tx.send(Conn::Tls(Box::new(tls))).await;
+                                let _ = tx.send(conn).await;
                             }
                             // A bare connect-and-close (a TCP health check, a port scan) is not
                             // worth a log line; a client that speaks TLS wrongly is.
@@ -284,8 +314,39 @@ async fn dial(uri: Uri, tls: Option<ClientTls>) -> io::Result<TokioIo<Conn>> {
     stream.set_nodelay(true)?;
     Ok(TokioIo::new(match tls {
         None => Conn::Plain(BufferedStream::new(stream)),
-        Some(tls) => Conn::Tls(Box::new(TlsStream::connect(stream, tls.config, tls.server_name).await?)),
+        Some(tls) => connect_tls(stream, tls).await?,
     }))
+}
+
+/// The server side of a TLS handshake on an accepted connection, by the configured engine; at
+/// most [`HANDSHAKE_TIMEOUT`].
+pub async fn accept_tls(stream: TcpStream, tls: &ServerTls) -> io::Result<Conn> {
+    match tls.engine {
+        TlsEngine::Inplace => Ok(Conn::Tls(Box::new(TlsStream::accept(stream, tls.config.clone()).await?))),
+        TlsEngine::Rustls => {
+            let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(BufferedStream::new(stream));
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await.map_err(|_| handshake_timed_out())??;
+            Ok(Conn::Rustls(Box::new(conn.into())))
+        }
+    }
+}
+
+/// The client side of a TLS handshake on a dialled connection, by the configured engine; at most
+/// [`HANDSHAKE_TIMEOUT`].
+pub async fn connect_tls(stream: TcpStream, tls: ClientTls) -> io::Result<Conn> {
+    match tls.engine {
+        TlsEngine::Inplace => Ok(Conn::Tls(Box::new(TlsStream::connect(stream, tls.config, tls.server_name).await?))),
+        TlsEngine::Rustls => {
+            let connect =
+                tokio_rustls::TlsConnector::from(tls.config).connect(tls.server_name, BufferedStream::new(stream));
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await.map_err(|_| handshake_timed_out())??;
+            Ok(Conn::Rustls(Box::new(conn.into())))
+        }
+    }
+}
+
+fn handshake_timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
 }
 
 /// Resolves every `host:port` entry; a name with many addresses (a Kubernetes headless service,
@@ -383,5 +444,48 @@ mod tests {
         conn.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hello");
         client.await.unwrap();
+    }
+
+    /// Every pairing of the two engines carries bytes both ways over `incoming` and `dial`.
+    #[tokio::test]
+    async fn both_tls_engines_interoperate_through_incoming_and_dial() {
+        use crate::tls::TlsEngine;
+        let pki = crate::test_support::TestPki::new(&["doppler"]);
+        for (server_engine, client_engine) in [
+            (TlsEngine::Inplace, TlsEngine::Inplace),
+            (TlsEngine::Inplace, TlsEngine::Rustls),
+            (TlsEngine::Rustls, TlsEngine::Inplace),
+            (TlsEngine::Rustls, TlsEngine::Rustls),
+        ] {
+            let mut server_files = pki.server_files();
+            server_files.tls_engine = server_engine;
+            let mut client_files = pki.client_files();
+            client_files.tls_engine = client_engine;
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut accepted = Box::pin(incoming(listener, Some(server_files.grpc_server_config().unwrap())));
+            let tls = client_files.grpc_client_config("doppler").unwrap();
+            let client = tokio::spawn(async move {
+                let mut conn = dial(format!("http://{addr}").parse().unwrap(), Some(tls)).await.unwrap().into_inner();
+                let is_rustls = matches!(conn, Conn::Rustls(_));
+                conn.write_all(&[7u8; 100_000]).await.unwrap();
+                conn.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).await.unwrap();
+                (is_rustls, got)
+            });
+            let next = tokio::time::timeout(Duration::from_secs(10), accepted.next()).await;
+            let Ok(Some(Ok(mut conn))) = next else { panic!("the TLS client was not accepted") };
+            assert_eq!(matches!(conn, Conn::Rustls(_)), server_engine == TlsEngine::Rustls);
+            assert_eq!(conn.connect_info().local_addr(), Some(addr));
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).await.unwrap();
+            assert!(got.len() == 100_000 && got.iter().all(|&b| b == 7), "{} bytes", got.len());
+            conn.write_all(b"back").await.unwrap();
+            conn.shutdown().await.unwrap();
+            let (client_is_rustls, got) = tokio::time::timeout(Duration::from_secs(10), client).await.unwrap().unwrap();
+            assert_eq!(client_is_rustls, client_engine == TlsEngine::Rustls);
+            assert_eq!(got, b"back");
+        }
     }
 }

@@ -54,6 +54,7 @@ impl TestPki {
             ca_file: self.dir.join("ca.pem"),
             cert_file: self.dir.join(format!("{role}.pem")),
             key_file: self.dir.join(format!("{role}.key")),
+            tls_engine: crate::tls::TlsEngine::default(),
         }
     }
 

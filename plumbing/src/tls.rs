@@ -22,14 +22,41 @@ pub struct TlsFiles {
     pub cert_file: PathBuf,
     /// This side's private key (never logged).
     pub key_file: PathBuf,
+    /// What carries the records of this side's gRPC connections after the handshake:
+    /// `"inplace"` (the default) or `"rustls"`. See [`TlsEngine`].
+    #[serde(default)]
+    pub tls_engine: TlsEngine,
 }
 
-/// What a gRPC client needs to open [`TlsStream`](crate::tls_stream::TlsStream)s to one kind of server.
+/// The code that encrypts and decrypts the records of a gRPC connection once rustls has done the
+/// handshake. Both pass the same tests, including the interop matrix against OpenSSL
+/// (`cargo test -p plumbing --test tls_openssl`, RELIABILITY.md §2).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsEngine {
+    /// Our record layer, [`crate::tls_stream::TlsStream`]: records decrypted in place in one
+    /// 64 KiB+ read buffer and sealed into one write buffer (~5 % less CPU per hop than tokio-rustls,
+    /// BENCHMARKS.md §0).
+    #[default]
+    Inplace,
+    /// tokio-rustls over a buffered socket: rustls's own record layer, for when ours is in doubt.
+    Rustls,
+}
+
+/// What a gRPC client needs to open TLS connections to one kind of server.
 #[derive(Clone, Debug)]
 pub struct ClientTls {
     pub config: Arc<rustls::ClientConfig>,
     /// The name the server's certificate must carry (`doppler`, `log-cache`, ...).
     pub server_name: rustls::pki_types::ServerName<'static>,
+    pub engine: TlsEngine,
+}
+
+/// What a gRPC server needs to accept TLS connections ([`crate::grpc::incoming`]).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub engine: TlsEngine,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,23 +141,19 @@ impl TlsFiles {
         Ok(Arc::new(config))
     }
 
-    /// The rustls server config of a gRPC server whose connections are [`TlsStream`]s: HTTP/2 by
-    /// ALPN, secrets extractable for our own record layer, and no session tickets (we would have
-    /// to send them after the handshake, and our clients do not resume).
-    ///
-    /// [`TlsStream`]: crate::tls_stream::TlsStream
-    pub fn grpc_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// The TLS of a gRPC server, with the configured engine: HTTP/2 by ALPN, secrets extractable
+    /// for our own record layer, and no session tickets (we would have to send them after the
+    /// handshake, and our clients do not resume).
+    pub fn grpc_server_config(&self) -> Result<ServerTls, TlsError> {
         let mut config = Arc::unwrap_or_clone(self.rustls_server_config()?);
         config.alpn_protocols = vec![b"h2".to_vec()];
         config.enable_secret_extraction = true;
         config.send_tls13_tickets = 0;
-        Ok(Arc::new(config))
+        Ok(ServerTls { config: Arc::new(config), engine: self.tls_engine })
     }
 
-    /// The rustls client config of a gRPC client whose connections are [`TlsStream`]s: presents
-    /// our certificate, trusts only the CA, offers HTTP/2 by ALPN.
-    ///
-    /// [`TlsStream`]: crate::tls_stream::TlsStream
+    /// The TLS of a gRPC client, with the configured engine: presents our certificate, trusts
+    /// only the CA, offers HTTP/2 by ALPN.
     pub fn grpc_client_config(&self, server_name: &str) -> Result<ClientTls, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in pem_certs(&self.ca_file)? {
@@ -147,7 +170,7 @@ impl TlsFiles {
         config.resumption = rustls::client::Resumption::disabled();
         let server_name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .map_err(|e| TlsError::Config(format!("server name {server_name:?}: {e}")))?;
-        Ok(ClientTls { config: Arc::new(config), server_name })
+        Ok(ClientTls { config: Arc::new(config), server_name, engine: self.tls_engine })
     }
 
     fn certs(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
@@ -223,11 +246,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_engine_is_inplace_unless_configured_rustls() {
+        use serde::de::value::{Error, MapDeserializer};
+        let files = |extra: &[(&'static str, &'static str)]| {
+            let mut entries = vec![("ca_file", "ca.pem"), ("cert_file", "cert.pem"), ("key_file", "key.pem")];
+            entries.extend_from_slice(extra);
+            TlsFiles::deserialize(MapDeserializer::<_, Error>::new(entries.into_iter()))
+        };
+        assert_eq!(files(&[]).unwrap().tls_engine, TlsEngine::Inplace);
+        assert_eq!(files(&[("tls_engine", "inplace")]).unwrap().tls_engine, TlsEngine::Inplace);
+        assert_eq!(files(&[("tls_engine", "rustls")]).unwrap().tls_engine, TlsEngine::Rustls);
+        let err = files(&[("tls_engine", "openssl")]).unwrap_err();
+        assert!(err.to_string().contains("openssl"), "{err}");
+        let pki = TestPki::new(&["doppler"]);
+        let mut server = pki.server_files();
+        server.tls_engine = TlsEngine::Rustls;
+        assert_eq!(server.grpc_server_config().unwrap().engine, TlsEngine::Rustls);
+        assert_eq!(server.grpc_client_config("doppler").unwrap().engine, TlsEngine::Rustls);
+    }
+
+    #[test]
     fn missing_file_is_a_clear_error() {
         let files = TlsFiles {
             ca_file: "/nonexistent/ca.pem".into(),
             cert_file: "/nonexistent/cert.pem".into(),
             key_file: "/nonexistent/key.pem".into(),
+            tls_engine: TlsEngine::default(),
         };
         let err = files.rustls_server_config().unwrap_err();
         assert!(err.to_string().contains("/nonexistent/"), "{err}");

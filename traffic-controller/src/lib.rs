@@ -91,7 +91,7 @@ pub struct TrafficController {
     gateway_listener: TcpListener,
     tc_listener: TcpListener,
     addrs: Addrs,
-    rlp_tls: Option<Arc<rustls::ServerConfig>>,
+    rlp_tls: Option<plumbing::tls::ServerTls>,
     public_tls: Option<Arc<rustls::ServerConfig>>,
     authorizer: Option<Arc<auth::Authorizer>>,
     registry: Registry,

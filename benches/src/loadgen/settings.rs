@@ -361,7 +361,12 @@ fn side_tls(
     match (ca, cert, key) {
         (None, None, None) => Ok(None),
         (Some(ca), Some(cert), Some(key)) => Ok(Some(ClientTls {
-            files: TlsFiles { ca_file: ca.clone(), cert_file: cert.clone(), key_file: key.clone() },
+            files: TlsFiles {
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                tls_engine: Default::default(),
+            },
             server_name: name.unwrap_or_default(),
         })),
         _ => bail!("{side} TLS needs all of --ca, --cert and --key (or the --{side}-* variants)"),

@@ -63,7 +63,7 @@ async fn send_all<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) {
 /// Our server against a tokio-rustls client, both directions, one cipher suite at a time.
 async fn server_against_rustls_client(suite: CipherSuite) {
     let pki = TestPki::new(&["doppler"]);
-    let server_config = pki.server_files().grpc_server_config().unwrap();
+    let server_config = pki.server_files().grpc_server_config().unwrap().config;
     let client_config = rustls_client(&pki, Some(suite));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -161,7 +161,7 @@ async fn client_speaks_with_rustls_servers_and_updates_its_keys() {
 #[tokio::test]
 async fn our_client_and_server_exchange_concurrently() {
     let pki = TestPki::new(&["doppler"]);
-    let server_config = pki.server_files().grpc_server_config().unwrap();
+    let server_config = pki.server_files().grpc_server_config().unwrap().config;
     let client = pki.client_files().grpc_client_config("doppler").unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -192,7 +192,7 @@ async fn our_client_and_server_exchange_concurrently() {
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused_with_an_alert() {
     let pki = TestPki::new(&["doppler"]);
-    let server_config = pki.server_files().grpc_server_config().unwrap();
+    let server_config = pki.server_files().grpc_server_config().unwrap().config;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -224,7 +224,7 @@ async fn a_client_without_a_certificate_is_refused_with_an_alert() {
 /// Our client connected to our server, whose task reads until the end of the stream.
 async fn client_and_server_reading_to_end() -> (TlsStream, tokio::task::JoinHandle<io::Result<Vec<u8>>>) {
     let pki = TestPki::new(&["doppler"]);
-    let server_config = pki.server_files().grpc_server_config().unwrap();
+    let server_config = pki.server_files().grpc_server_config().unwrap().config;
     let client = pki.client_files().grpc_client_config("doppler").unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -278,7 +278,7 @@ async fn within<F: std::future::Future>(future: F) -> F::Output {
 /// handshake.
 async fn connected(tls12: bool) -> (TlsStream, TlsStream) {
     let pki = TestPki::new(&["doppler"]);
-    let server_config = pki.server_files().grpc_server_config().unwrap();
+    let server_config = pki.server_files().grpc_server_config().unwrap().config;
     let client_config = if tls12 {
         rustls_client(&pki, Some(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256))
     } else {
