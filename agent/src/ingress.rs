@@ -14,6 +14,7 @@ use loggregator_proto::raw::{RawBatch, RawBytes};
 use loggregator_proto::stream::{BatchSink, BatchSource, MessageStream};
 use loggregator_proto::v2::{BatchSenderResponse, IngressResponse, SendResponse};
 use loggregator_proto::RawEnvelope;
+use plumbing::backoff::ErrorBackoff;
 use plumbing::{Counter, Diode};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -108,16 +109,36 @@ impl IngressService {
     }
 }
 
+/// Where datagrams come from: the UDP socket, or a test's stand-in.
+pub trait Datagrams: Send {
+    fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
+}
+
+impl Datagrams for UdpSocket {
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.recv_from(buf).await.map(|(len, _)| len)
+    }
+}
+
 /// Reads one dropsonde envelope per datagram until `shutdown`; malformed datagrams are counted and skipped.
-pub async fn serve_udp(socket: UdpSocket, intake: Arc<Intake>, malformed: Counter, shutdown: CancellationToken) {
+/// A receive error is logged and the next receive waits a little longer ([`ErrorBackoff`]): an error
+/// that persists must not spin the runtime thread the agent's gRPC ingress also runs on.
+pub async fn serve_udp(socket: impl Datagrams, intake: Arc<Intake>, malformed: Counter, shutdown: CancellationToken) {
     let mut buf = vec![0u8; 65_535];
+    let mut backoff = ErrorBackoff::new();
     loop {
         let len = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((len, _)) => len,
+            received = socket.recv(&mut buf) => match received {
+                Ok(len) => {
+                    backoff.reset();
+                    len
+                }
                 Err(error) => {
                     tracing::warn!(%error, "udp ingress receive failed");
-                    continue;
+                    tokio::select! {
+                        _ = backoff.wait() => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
                 }
             },
             _ = shutdown.cancelled() => return,
@@ -160,4 +181,62 @@ fn v1_to_v2(datagram: &[u8], default_tags: &[(String, String)]) -> Option<loggre
         v1.tags.insert("source_id".to_string(), v1.origin.clone());
     }
     loggregator_proto::convert::to_v2(&v1, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fails its first `failures` receives at once, then yields one dropsonde log, then nothing.
+    struct Failing {
+        failures: usize,
+        calls: AtomicUsize,
+        datagram: Vec<u8>,
+    }
+
+    impl Datagrams for Failing {
+        async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call < self.failures {
+                return Err(std::io::Error::other("persistent receive error"));
+            }
+            if call == self.failures {
+                buf[..self.datagram.len()].copy_from_slice(&self.datagram);
+                return Ok(self.datagram.len());
+            }
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_persistent_receive_error_backs_off_instead_of_spinning() {
+        let v1 = events::Envelope {
+            origin: "emitter".into(),
+            event_type: events::envelope::EventType::LogMessage as i32,
+            log_message: Some(events::LogMessage { message: Bytes::from_static(b"hi"), ..Default::default() }),
+            ..Default::default()
+        };
+        let socket = Failing { failures: 6, calls: AtomicUsize::new(0), datagram: v1.encode_to_vec() };
+        let diode = Arc::new(Diode::new(NonZeroUsize::new(8).unwrap()));
+        let intake = Arc::new(Intake {
+            shaper: Shaper::new([]),
+            diode: diode.clone(),
+            ingress: Counter::default(),
+            dropped: Counter::default(),
+        });
+        let shutdown = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(serve_udp(socket, intake.clone(), Counter::default(), shutdown.clone()));
+        while intake.ingress.get() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // Six errors in a row waited 1 + 2 + 4 + 8 + 16 + 32 ms before the datagram was read.
+        let waited = started.elapsed();
+        assert!(waited >= std::time::Duration::from_millis(63), "waited only {waited:?}");
+        assert!(waited < std::time::Duration::from_millis(200), "waited {waited:?}");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 }

@@ -70,3 +70,60 @@ async fn an_oversized_frame_closes_the_connection() {
     assert!(matches!(read, Ok(0) | Err(_)), "the server closed the connection: {read:?}");
     assert_eq!(cache.registry.sum("syslog_bad_frames", &[]), 1);
 }
+
+/// Reads until the server closes the connection, or `DEADLINE` passes (then `false`).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read(stream, &mut buf)).await;
+    matches!(read, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn a_peer_that_trickles_bytes_but_no_message_is_cut_off_at_the_idle_timeout() {
+    let mut config = test_config();
+    config.syslog.idle_timeout = std::time::Duration::from_millis(400);
+    let cache = start(config).await;
+    let addr = cache.addrs.syslog.expect("syslog enabled by default");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    // A 60,000-byte message announced, then one byte of it every 100 ms: each read arrives well
+    // within the idle timeout, but the message would take 100 minutes to complete.
+    stream.write_all(b"60000 <14>1 ").await.expect("writes");
+    let (mut read, mut write) = stream.split();
+    let trickle = async {
+        for byte in std::iter::repeat(b"a".as_slice()) {
+            if write.write_all(byte).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let mut buf = [0u8; 16];
+    let closed = tokio::select! {
+        _ = trickle => true,
+        read = tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read(&mut read, &mut buf)) => {
+            matches!(read, Ok(Ok(0) | Err(_)))
+        }
+    };
+    assert!(closed, "the trickling connection was closed");
+    drop(stream);
+
+    // A peer that completes messages is not cut off by the same timeout while it keeps doing so.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    for i in 0..6 {
+        let message = format!("<14>1 2024-05-01T12:00:0{i}Z host steady [0] - - line {i}\n");
+        stream.write_all(&octet_counted(&message)).await.expect("still open");
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    eventually("six messages stored", || async { read_all(&cache, "steady").await.len() == 6 }).await;
+}
+
+#[tokio::test]
+async fn a_tls_peer_that_never_finishes_its_handshake_is_cut_off() {
+    let pki = plumbing::test_support::TestPki::new(&["log-cache"]);
+    let mut config = test_config();
+    config.syslog.tls = Some(pki.server_files());
+    config.syslog.idle_timeout = std::time::Duration::from_millis(300);
+    let cache = start(config).await;
+    let mut stream = tokio::net::TcpStream::connect(cache.addrs.syslog.expect("syslog")).await.expect("connects");
+    assert!(closed_by_server(&mut stream).await, "the silent TLS connection was closed");
+}

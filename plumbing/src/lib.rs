@@ -1,6 +1,7 @@
 //! Shared machinery of every component: the pieces that must behave the same everywhere.
 //!
 //! Layout:
+//! - [`backoff`]: sleeping between consecutive errors of a receive or accept loop.
 //! - [`buffer`]: a bounded drop-oldest envelope buffer that allocates only as it fills (RLP streams).
 //! - [`diode`]: the bounded many-writer / one-reader ring buffer that drops the oldest and counts it.
 //! - [`telemetry`]: a tiny Prometheus registry (the original's counter names: `ingress`, `egress`,
@@ -15,6 +16,7 @@
 //! - [`shutdown`]: turning a shutdown future into a cancellation token, and bounded drains.
 //! - `test_support` (feature `test-support`): `wait_until`, in-process test certificates.
 
+pub mod backoff;
 pub mod buffer;
 pub mod diode;
 pub mod grpc;

@@ -148,13 +148,21 @@ impl SyslogServer {
             tracker.spawn(async move {
                 let _permit = permit;
                 let result = match &server.tls {
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok(tls) => server.handle(tls, &token).await,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "syslog TLS handshake failed");
-                            Ok(())
+                    // A peer that connects and never finishes its handshake is cut off like one
+                    // that never sends a message: it holds one of `max_connections` meanwhile.
+                    Some(acceptor) => {
+                        match tokio::time::timeout(server.config.idle_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => server.handle(tls, &token).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "syslog TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "syslog TLS handshake timed out");
+                                Ok(())
+                            }
                         }
-                    },
+                    }
                     None => server.handle(stream, &token).await,
                 };
                 if let Err(e) = result {
@@ -168,9 +176,12 @@ impl SyslogServer {
     async fn handle(&self, mut stream: impl AsyncRead + Unpin, token: &CancellationToken) -> Result<(), FrameError> {
         let max = self.config.max_message_bytes;
         let mut buffer = BytesMut::with_capacity(16 * 1024);
+        // Only a complete message moves the idle deadline: a peer trickling a byte now and then
+        // never completes one and is cut off as if silent.
+        let mut idle_deadline = tokio::time::Instant::now() + self.config.idle_timeout;
         loop {
             let read = tokio::select! {
-                read = tokio::time::timeout(self.config.idle_timeout, stream.read_buf(&mut buffer)) => read,
+                read = tokio::time::timeout_at(idle_deadline, stream.read_buf(&mut buffer)) => read,
                 _ = token.cancelled() => return Ok(()),
             };
             match read {
@@ -182,6 +193,7 @@ impl SyslogServer {
             loop {
                 match next_frame(&mut buffer, max) {
                     Ok(Some(frame)) => {
+                        idle_deadline = tokio::time::Instant::now() + self.config.idle_timeout;
                         if let Some(envelope) = self.convert(&frame) {
                             envelopes.push(envelope);
                         }
