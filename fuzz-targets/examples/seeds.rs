@@ -218,6 +218,32 @@ fn main() -> std::io::Result<()> {
         seeds.push(("promql", q.as_bytes().to_vec()));
     }
 
+    // tls: for each suite and side, records of each kind (ops as `fuzz_targets::tls` reads them).
+    for suite in 0..5u8 {
+        let mut input = vec![suite, suite & 1, suite * 40];
+        input.extend((0..44u8).map(|i| i.wrapping_mul(7).wrapping_add(suite)));
+        let app = |len: u16, fill: u8| {
+            let mut op = vec![0, (len >> 8) as u8, len as u8];
+            op.extend(std::iter::repeat_n(fill, usize::from(len).min(64)));
+            op
+        };
+        let mut data = input.clone();
+        data.extend(app(5, b'h'));
+        data.extend(app(16384, b'x'));
+        data.extend([0x08 | 0x30, 0, 3, b'p', b'a', b'd']);
+        seeds.push(("tls", data.clone()));
+        let mut update = input.clone();
+        update.extend(app(3, b'a'));
+        update.extend([2, 0, 5, 24, 0, 0, 1, 1]);
+        update.extend(app(3, b'b'));
+        update.extend([1, 0, 2, 1, 0]);
+        update.extend(app(1, b'c'));
+        seeds.push(("tls", update));
+        let mut odd = input;
+        odd.extend([3, 0, 1, 1, 4, 99, 0, 2, 0, 0, 0x85, 23, 3, 3, 0, 1, 1, 0, 0, 0, 2, 0, 2, 2, 0]);
+        seeds.push(("tls", odd));
+    }
+
     for (target, data) in seeds {
         let dir = corpus.join(target);
         std::fs::create_dir_all(&dir)?;

@@ -14,6 +14,7 @@
 //! - [`syslog`]: octet-counting and newline framing for any read split, then RFC 5424 parsing.
 //! - [`query`]: the log-cache gateway's and the RLP gateway's query parameters.
 //! - [`promql`]: PromQL parsing and evaluation on a small store, under tight limits.
+//! - [`tls`]: the TLS record layer over an in-memory transport, with records sealed under fixed secrets.
 //! - [`split`]: how a target cuts its input into reads or frames.
 
 pub mod dropsonde;
@@ -24,9 +25,13 @@ pub mod scan;
 pub mod split;
 pub mod stream;
 pub mod syslog;
+pub mod tls;
+
+/// A target's body: the fuzzer's bytes in, a panic on a broken promise.
+pub type Body = fn(&[u8]);
 
 /// Every target's name (its directory under `fuzz/corpus/` and `fuzz/artifacts/`) and body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("scan", scan::fuzz),
     ("stream", stream::fuzz),
     ("dropsonde", dropsonde::fuzz),
@@ -34,4 +39,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("syslog", syslog::fuzz),
     ("query", query::fuzz),
     ("promql", promql::fuzz),
+    ("tls", tls::fuzz),
 ];
