@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use loggregator_proto::stream::IngressRouter;
+use plumbing::exposure::{warn_if_exposed, Protection};
 use plumbing::{Counter, Diode, Gauge, Registry};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -117,10 +118,13 @@ impl Agent {
         let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
         let listener = TcpListener::bind(config.grpc_addr).await.map_err(bind_err("gRPC", config.grpc_addr))?;
         let grpc = listener.local_addr().map_err(bind_err("gRPC", config.grpc_addr))?;
+        warn_if_exposed("agent gRPC ingress", grpc, Protection { tls: tls.is_some(), auth: None });
         let (udp, udp_addr) = match config.udp_addr {
             Some(addr) => {
                 let socket = UdpSocket::bind(addr).await.map_err(bind_err("UDP", addr))?;
                 let local = socket.local_addr().map_err(bind_err("UDP", addr))?;
+                // Dropsonde over UDP has no TLS at all: emitters are meant to be on the same host.
+                warn_if_exposed("agent v1 UDP ingress", local, Protection { tls: false, auth: None });
                 (Some(socket), Some(local))
             }
             None => (None, None),

@@ -93,6 +93,11 @@ impl Doppler {
             .await
             .map_err(|source| StartError::Bind { addr: config.grpc_addr, source })?;
         let grpc = listener.local_addr().map_err(|source| StartError::Bind { addr: config.grpc_addr, source })?;
+        plumbing::exposure::warn_if_exposed(
+            "Doppler gRPC",
+            grpc,
+            plumbing::exposure::Protection { tls: tls.is_some(), auth: None },
+        );
         Ok(Self {
             config,
             tls,

@@ -137,6 +137,16 @@ impl LogCache {
                 None => None,
             },
         };
+        {
+            use plumbing::exposure::{warn_if_exposed, Protection};
+            let tls = config.tls.is_some();
+            warn_if_exposed("log-cache gRPC", addrs.grpc, Protection { tls, auth: None });
+            // The HTTP API has no TLS of its own: the original puts it behind the gorouter.
+            warn_if_exposed("log-cache HTTP", addrs.http, Protection { tls: false, auth: Some(config.auth.enabled) });
+            if let Some(addr) = addrs.syslog {
+                warn_if_exposed("log-cache syslog", addr, Protection { tls: config.syslog.tls.is_some(), auth: None });
+            }
+        }
         let registry = registry.scoped("log-cache");
         let limits = store::StoreLimits { max_per_source: config.max_per_source.get(), memory_limit_bytes };
         let store = Arc::new(Store::with_stats(limits, store::StoreStats::register(&registry)));

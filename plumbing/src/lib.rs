@@ -6,6 +6,7 @@
 //! - [`diode`]: the bounded many-writer / one-reader ring buffer that drops the oldest and counts it.
 //! - [`telemetry`]: a tiny Prometheus registry (the original's counter names: `ingress`, `egress`,
 //!   `dropped{direction}`, ...) and the `/metrics` HTTP server.
+//! - [`exposure`]: the warning for a listener off loopback without TLS or auth.
 //! - [`grpc`]: accepted and dialled gRPC connections: `TCP_NODELAY`, buffered reads, TLS.
 //! - [`tls`]: mutual-TLS configuration from CA/cert/key files for tonic servers and clients.
 //! - [`tls_stream`]: TLS connections whose records we seal and open ourselves after rustls's
@@ -19,6 +20,7 @@
 pub mod backoff;
 pub mod buffer;
 pub mod diode;
+pub mod exposure;
 pub mod grpc;
 pub mod millis;
 pub mod shutdown;

@@ -122,6 +122,13 @@ impl TrafficController {
         let (rlp_listener, rlp) = bind("RLP", config.rlp.addr).await?;
         let (gateway_listener, gateway) = bind("RLP gateway", config.gateway.addr).await?;
         let (tc_listener, websocket) = bind("traffic controller", config.websocket.addr).await?;
+        {
+            use plumbing::exposure::{warn_if_exposed, Protection};
+            warn_if_exposed("RLP", rlp, Protection { tls: rlp_tls.is_some(), auth: None });
+            let public = Protection { tls: public_tls.is_some(), auth: Some(authorizer.is_some()) };
+            warn_if_exposed("RLP gateway", gateway, public);
+            warn_if_exposed("traffic controller", websocket, public);
+        }
         Ok(Self {
             config,
             rlp_listener,
