@@ -168,7 +168,17 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Conn::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Rustls(s) => {
+                let read = Pin::new(s.as_mut()).poll_read(cx, buf);
+                // rustls keeps what a read made it owe the peer (a KeyUpdate answer, a refused
+                // renegotiation) until the next write. Send it now, as our engine does: a peer
+                // waiting for it would wait for as long as we only read. A failure here shows
+                // on the next read or write.
+                if s.get_ref().1.wants_write() {
+                    let _ = Pin::new(s.as_mut()).poll_flush(cx);
+                }
+                read
+            }
         }
     }
 }
