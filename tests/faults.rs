@@ -8,7 +8,7 @@
 #[path = "faults/support.rs"]
 mod support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -51,10 +51,9 @@ async fn doppler_settled(doppler: &Proc, tally: &SharedTally, subscriber: &str) 
 }
 
 async fn wait_subscribed(doppler: &Proc, count: u64) {
-    let ok = eventually(DEADLINE, || async {
-        doppler.scrape().await.is_some_and(|m| m.sum("subscriptions", &[]) >= count)
-    })
-    .await;
+    let ok =
+        eventually(DEADLINE, || async { doppler.scrape().await.is_some_and(|m| m.sum("subscriptions", &[]) >= count) })
+            .await;
     assert!(ok, "{} never had {count} subscriptions", doppler.name);
 }
 
@@ -118,7 +117,363 @@ async fn kill9_of_a_doppler_under_load_fails_over_and_loses_only_what_was_in_fli
     assert!(lost_in_a <= IN_FLIGHT_TO_ONE_DOPPLER, "lost {lost_in_a} > in flight {IN_FLIGHT_TO_ONE_DOPPLER}");
     // Only envelopes close to the kill are lost: nothing from the first half of the run, and
     // everything emitted more than half a second after the kill arrived (the agent failed over).
+    // (A drop a slow subscriber's diode counted may be anywhere.)
     let window = killed_at.saturating_sub(IN_FLIGHT_TO_ONE_DOPPLER)..killed_at + RATE / 2;
-    assert!(missing.iter().all(|s| window.contains(s)), "lost outside {window:?}: {missing:?}");
-    assert!(tally.has_all(killed_at + RATE / 2, sent), "not everything after the failover arrived");
+    let outside = missing.iter().filter(|s| !window.contains(s)).count() as u64;
+    assert!(outside <= agent_dropped + b_dropped, "lost outside {window:?}: {missing:?}");
+    let after = tally.missing_in(killed_at + RATE / 2, sent);
+    assert!(after <= agent_dropped + b_dropped, "{after} emitted after the failover never arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_of_a_doppler_moves_traffic_to_the_other_within_a_second_and_loses_nothing() {
+    let (a_addr, b_addr, agent_addr) = (free_addr(), free_addr(), free_addr());
+    let a = doppler("doppler-a", a_addr, &[]).await;
+    let b = doppler("doppler-b", b_addr, &[]).await;
+    let agent = agent(agent_addr, &[a_addr, b_addr], &[]).await;
+    let (tally, base) = (tally(), now_ns());
+    let _sa = Subscriber::start("a", a_addr, SOURCE, base, &tally).await;
+    let _sb = Subscriber::start("b", b_addr, SOURCE, base, &tally).await;
+    wait_subscribed(&a, 1).await;
+    wait_subscribed(&b, 1).await;
+    let emitter = Emitter::start(agent_addr, base, SOURCE, RATE, 100).await;
+    wait_received(&tally, "a", RATE / 10).await;
+    wait_received(&tally, "b", RATE / 10).await;
+
+    // Frozen, not dead: its sockets stay open and nothing answers. The agent's streams to it stop
+    // taking batches at their next recycle (`stream_max_age`, 1 s), while the close waits for an
+    // answer (`shutdown_grace`, 5 s); the other connections carry everything.
+    a.sigstop();
+    let stopped_at = emitter.sent();
+    // From 1.5 s after the stop, for 1.5 s, everything emitted reaches B while A is still frozen.
+    let from = stopped_at + RATE * 3 / 2;
+    let to = from + RATE * 3 / 2;
+    wait_sent(&emitter, to).await;
+    // (Less what B's diode dropped, counted, should the test's subscriber fall behind.)
+    let all_via_b = eventually(Duration::from_secs(2), || async {
+        let b_dropped = b.scrape().await.map_or(0, |m| m.sum("dropped", &[]));
+        tally.lock().missing_in(from, to) <= b_dropped
+    })
+    .await;
+    let from_a_while_stopped = tally.lock().received_by("a");
+    a.sigcont();
+    let sent = emitter.finish().await;
+    let agent_m = agent_drained(&agent, sent).await;
+    let a_m = doppler_settled(&a, &tally, "a").await;
+    let b_m = doppler_settled(&b, &tally, "b").await;
+
+    let tally = tally.lock();
+    let missing = tally.missing(sent);
+    let dropped = agent_m.sum("dropped", &[]) + a_m.sum("dropped", &[]) + b_m.sum("dropped", &[]);
+    eprintln!(
+        "SIGSTOP: sent {sent}, stopped at #{stopped_at}, from A {} ({from_a_while_stopped} before SIGCONT), \
+         from B {}, missing {}, duplicates {}, counted dropped {dropped}, #{from}..#{to} all via B: {all_via_b}",
+        tally.received_by("a"),
+        tally.received_by("b"),
+        missing.len(),
+        tally.duplicates()
+    );
+    assert!(all_via_b, "envelopes emitted 1.5-3 s into the stop did not all reach B while A was frozen");
+    assert_eq!(tally.duplicates(), 0);
+    // Nothing died, so nothing may be lost uncounted: what A held while frozen arrived after SIGCONT.
+    assert_eq!(missing.len() as u64, dropped, "lost uncounted: {missing:?}");
+    assert_eq!(agent_m.sum("egress", &[]), a_m.sum("ingress", &[]) + b_m.sum("ingress", &[]));
+}
+
+/// Sends `count` envelopes straight to a Doppler's ingress, at most `window` ahead of what
+/// `subscriber` received, so a subscriber that reads keeps up whatever the build.
+async fn send_paced(
+    addr: std::net::SocketAddr,
+    base: i64,
+    count: u64,
+    payload: usize,
+    tally: &SharedTally,
+    subscriber: &str,
+) {
+    const CHUNK: u64 = 500;
+    const WINDOW: u64 = 500;
+    let mut sent = 0;
+    while sent < count {
+        let ok = eventually(DEADLINE, || async { tally.lock().received_by(subscriber) + WINDOW >= sent }).await;
+        assert!(ok, "{subscriber} stalled at {} of {sent}", tally.lock().received_by(subscriber));
+        let n = CHUNK.min(count - sent);
+        send_burst(addr, base, sent, n, SOURCE, payload).await;
+        sent += n;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_costs_bounded_memory_and_counted_drops_only() {
+    let addr = free_addr();
+    let doppler = doppler("doppler", addr, &[]).await;
+    let (tally, base) = (tally(), now_ns());
+    let _fast = Subscriber::start("fast", addr, SOURCE, base, &tally).await;
+    // The stalled subscriber opens its stream and never reads it.
+    let request = loggregator_proto::v2::EgressBatchRequest {
+        shard_id: "faults-stalled".into(),
+        selectors: vec![log_selector(SOURCE)],
+        ..Default::default()
+    };
+    let mut client = loggregator_proto::v2::egress_client::EgressClient::new(channel(addr).await);
+    let stalled = client.batched_receiver(request).await.expect("subscribes").into_inner();
+    wait_subscribed(&doppler, 2).await;
+    let baseline_kib = doppler.status_kib("VmRSS");
+
+    // 100,000 envelopes of 1 KiB: 100 MiB through a Doppler whose stalled subscriber reads nothing.
+    const COUNT: u64 = 100_000;
+    send_paced(addr, base, COUNT, 1024, &tally, "fast").await;
+    let m =
+        doppler.scrape_until(|m| m.sum("ingress", &[]) == COUNT && tally.lock().received_by("fast") == COUNT).await.1;
+    let hwm_kib = doppler.status_kib("VmHWM");
+    let dropped = m.sum("dropped", &[]);
+    {
+        let tally = tally.lock();
+        eprintln!(
+            "stalled subscriber: {COUNT} sent, fast got {} ({} distinct), doppler dropped {dropped}, egress {}, \
+             RSS {baseline_kib} KiB before, high-water {hwm_kib} KiB",
+            tally.received_by("fast"),
+            tally.distinct(),
+            m.sum("egress", &[])
+        );
+        assert_eq!(tally.distinct(), COUNT, "the reading subscriber lost envelopes");
+        assert_eq!(tally.duplicates(), 0);
+    }
+    // The stalled one holds at most its diode (1000 / 4 MiB), its stream queue (32 batches) and
+    // what HTTP/2 windows let through; everything else it was due was dropped, and counted.
+    assert!(dropped >= COUNT - 10_000, "only {dropped} dropped for a subscriber that read nothing");
+    assert!(dropped < COUNT);
+    // Memory: at most 64 MiB over the idle process for 100 MiB that went through.
+    assert!(hwm_kib < baseline_kib + 64 * 1024, "RSS high-water {hwm_kib} KiB, idle {baseline_kib} KiB");
+
+    // When the stalled subscriber goes, what it was still owed is counted too: every envelope is
+    // either sent to a subscriber's stream or dropped, twice over.
+    drop(stalled);
+    drop(client);
+    let (settled, m) = doppler
+        .scrape_until(|m| m.sum("subscriptions", &[]) == 1 && m.sum("egress", &[]) + m.sum("dropped", &[]) == 2 * COUNT)
+        .await;
+    assert!(settled, "2 × ingress ≠ egress + dropped after the stalled subscriber left:\n{}", m.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_cache_under_a_flood_of_ten_times_its_cap_stays_under_it_in_rss_and_evicts_the_oldest() {
+    const CAP: u64 = 32 << 20;
+    const PAYLOAD: usize = 4096;
+    // 10 × the cap in payload bytes alone.
+    const COUNT: u64 = 10 * CAP / PAYLOAD as u64;
+    const SOURCES: u64 = 16;
+    let dir = TempDir::new("flood");
+    let grpc = free_addr();
+    let node = log_cache("log-cache", &dir, grpc, &["--memory-limit-bytes", &CAP.to_string()]).await;
+    let baseline_kib = node.status_kib("VmRSS");
+    let base = now_ns() - 3_600_000_000_000;
+    let started = Instant::now();
+    log_cache_send(grpc, base, 0, COUNT, &|n| format!("flood-{}", n % SOURCES), PAYLOAD).await;
+    let took = started.elapsed();
+    let (rss_kib, hwm_kib) = (node.status_kib("VmRSS"), node.status_kib("VmHWM"));
+    let m = node.metrics().await;
+    let stored = m.sum("ingress", &[]);
+    let held = m.sum("store_size", &[]);
+    let expired_memory = m.sum("expired", &[("reason", "memory")]);
+    let expired_per_source = m.sum("expired", &[("reason", "max_per_source")]);
+    let accounted = m.sum("memory_bytes", &[]);
+    let mut oldest_held = u64::MAX;
+    let mut newest_held = 0;
+    for source in 0..SOURCES {
+        let seqs = log_cache_read(grpc, &format!("flood-{source}"), base, 1000).await.expect("reads");
+        oldest_held = oldest_held.min(seqs.first().copied().unwrap_or(u64::MAX));
+        newest_held = newest_held.max(seqs.last().copied().unwrap_or(0));
+    }
+    eprintln!(
+        "flood: {COUNT} × {PAYLOAD} B ({} MiB) in {took:?} into a {} MiB cap; stored {stored}, held {held}, \
+         expired memory {expired_memory} / per source {expired_per_source}, accounted {accounted} B; \
+         RSS {baseline_kib} KiB idle, {rss_kib} KiB after, high-water {hwm_kib} KiB; oldest held #{oldest_held}",
+        COUNT * PAYLOAD as u64 >> 20,
+        CAP >> 20
+    );
+    assert_eq!(stored, COUNT, "every envelope was taken in");
+    assert_eq!(stored, held + expired_memory + expired_per_source, "every envelope is held or counted expired");
+    assert!(expired_memory >= COUNT * 8 / 10, "only {expired_memory} pruned for memory");
+    assert!(accounted <= CAP, "accounted {accounted} B > cap {CAP} B");
+    // The globally oldest go first: what is held is exactly the newest `held`.
+    assert_eq!(oldest_held, COUNT - held, "the store did not evict oldest first");
+    assert!(newest_held >= COUNT - SOURCES, "the newest envelopes are held");
+    // RSS, not only the accounting: the process grew by less than the cap plus 50 % (allocator
+    // slack, ring growth, and the request being decoded).
+    let grown_kib = hwm_kib.saturating_sub(baseline_kib);
+    assert!(grown_kib * 1024 < CAP * 3 / 2, "RSS grew {grown_kib} KiB for a {CAP} B cap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cache_restart_loses_its_history_as_documented_and_serves_again() {
+    let dir = TempDir::new("restart");
+    let grpc = free_addr();
+    let mut node = log_cache("log-cache", &dir, grpc, &[]).await;
+    let base = now_ns() - 60_000_000_000;
+    log_cache_send(grpc, base, 0, 1000, &|_| "restart".to_string(), 100).await;
+    assert_eq!(log_cache_read(grpc, "restart", base, 1000).await.expect("reads").len(), 1000);
+    node.kill9();
+    node.restart().await;
+    // In memory only (PROTOCOLS.md §6.4): the history is gone, the API answers.
+    assert_eq!(log_cache_read(grpc, "restart", base, 1000).await.expect("reads after restart"), Vec::<u64>::new());
+    log_cache_send(grpc, base, 1000, 10, &|_| "restart".to_string(), 100).await;
+    let seqs = log_cache_read(grpc, "restart", base, 1000).await.expect("reads");
+    assert_eq!(seqs, (1000..1010).collect::<Vec<u64>>());
+    assert_eq!(node.metrics().await.sum("ingress", &[]), 10, "counters start again at zero");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_log_cache_node_fails_reads_of_its_sources_in_bounded_time_and_the_other_serves_its_own() {
+    let dir = TempDir::new("cluster");
+    let (g0, g1) = (free_addr(), free_addr());
+    let nodes = format!("{g0},{g1}");
+    let n0 = log_cache("log-cache-0", &dir, g0, &["--node-addr", &nodes, "--node-index", "0"]).await;
+    let n1 = log_cache("log-cache-1", &dir, g1, &["--node-addr", &nodes, "--node-index", "1"]).await;
+    // One source owned by each node.
+    let owned_by = |node: usize| {
+        (0..).map(|i| format!("cluster-{i}")).find(|s| log_cache::cluster::owner_of(s, 2) == node).expect("some source")
+    };
+    let (mine, theirs) = (owned_by(0), owned_by(1));
+    let base = now_ns() - 60_000_000_000;
+    // Ten envelopes of each, all sent to node 0.
+    for source in [&mine, &theirs] {
+        let source = source.clone();
+        log_cache_send(g0, base, 0, 10, &move |_| source.clone(), 100).await;
+    }
+    let forwarded = n0.metrics().await.sum("forwarded", &[]);
+    assert_eq!(forwarded, 10, "node 0 forwarded node 1's source");
+    assert_eq!(log_cache_read(g0, &theirs, base, 1000).await.expect("reads via node 0").len(), 10);
+
+    n1.sigstop();
+    let started = Instant::now();
+    let own = log_cache_read(g0, &mine, base, 1000).await;
+    let own_took = started.elapsed();
+    let started = Instant::now();
+    let remote = log_cache_read(g0, &theirs, base, 1000).await;
+    let remote_took = started.elapsed();
+    eprintln!(
+        "frozen node 1: own source {own_took:?} {:?}, node 1's source {remote_took:?} {remote:?}",
+        own.as_ref().map(Vec::len)
+    );
+    assert_eq!(own.expect("node 0's own source is served").len(), 10);
+    assert!(own_took < Duration::from_secs(2), "node 0's own source took {own_took:?}");
+    // A read of the frozen node's source ends, within the peer timeout (10 s) and a margin, with
+    // an error saying why: it neither hangs nor pretends the source is empty.
+    assert!(remote_took < Duration::from_secs(13), "read of the frozen node's source took {remote_took:?}");
+    let status = remote.expect_err("a read of the frozen node's source fails");
+    assert!(!status.message().is_empty(), "{status:?}");
+
+    n1.sigcont();
+    let back = eventually(DEADLINE, || async {
+        log_cache_read(g0, &theirs, base, 1000).await.is_ok_and(|seqs| seqs.len() == 10)
+    })
+    .await;
+    assert!(back, "node 1's source is served again after SIGCONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rlp_stream_keeps_going_across_a_doppler_restart_and_loses_only_the_gap() {
+    const RATE: u64 = 2000;
+    let (d_addr, agent_addr, rlp, gateway, websocket) =
+        (free_addr(), free_addr(), free_addr(), free_addr(), free_addr());
+    let mut doppler = doppler("doppler", d_addr, &[]).await;
+    let agent = agent(agent_addr, &[d_addr], &[]).await;
+    let tc_args = strings(&[
+        "traffic-controller",
+        "--doppler",
+        &d_addr.to_string(),
+        "--rlp-addr",
+        &rlp.to_string(),
+        "--gateway-addr",
+        &gateway.to_string(),
+        "--websocket-addr",
+        &websocket.to_string(),
+    ]);
+    let tc = Proc::start("traffic-controller", &tc_args, &[rlp, gateway, websocket]).await;
+    let (tally, base) = (tally(), now_ns());
+    let subscriber = Subscriber::start("rlp", rlp, SOURCE, base, &tally).await;
+    wait_subscribed(&doppler, 1).await;
+    let emitter = Emitter::start(agent_addr, base, SOURCE, RATE, 100).await;
+    wait_received(&tally, "rlp", RATE / 10).await;
+
+    doppler.kill9();
+    let killed_at = emitter.sent();
+    let kill_time = Instant::now();
+    doppler.restart().await;
+    // The RLP subscribes to the new process by itself; from then on nothing may be lost.
+    wait_subscribed(&doppler, 1).await;
+    let resubscribed_at = emitter.sent();
+    let gap = kill_time.elapsed();
+    wait_sent(&emitter, resubscribed_at + RATE).await;
+    let sent = emitter.finish().await;
+    agent_drained(&agent, sent).await;
+    let (settled, d_m) =
+        doppler.scrape_until(|m| m.sum("ingress", &[]) == m.sum("egress", &[]) + m.sum("dropped", &[])).await;
+    assert!(settled, "doppler: ingress ≠ egress + dropped:\n{}", d_m.0);
+    let (settled, tc_m) = tc
+        .scrape_until(|m| {
+            let (ingress, egress, dropped) = (
+                m.sum("ingress", &[("component", "reverse-log-proxy")]),
+                m.sum("egress", &[("component", "reverse-log-proxy")]),
+                m.sum("dropped", &[("component", "reverse-log-proxy")]),
+            );
+            ingress == egress + dropped && tally.lock().received_by("rlp") == egress
+        })
+        .await;
+    assert!(settled, "reverse log proxy: ingress ≠ egress + dropped, or the client missed some:\n{}", tc_m.0);
+
+    let tally = tally.lock();
+    let missing = tally.missing(sent);
+    eprintln!(
+        "RLP across a Doppler restart: sent {sent}, killed at #{killed_at}, resubscribed at #{resubscribed_at} \
+         ({gap:?} later), received {}, missing {} ({:?}..={:?}), stream ended: {}",
+        tally.received_by("rlp"),
+        missing.len(),
+        missing.first(),
+        missing.last(),
+        subscriber.ended()
+    );
+    assert!(!subscriber.ended(), "the client's stream ended: it would have had to reconnect");
+    assert_eq!(tally.duplicates(), 0);
+    // Lost: what was in the old process, and what reached the new one before the RLP was back.
+    // (A drop a slow subscriber's buffer counted may be anywhere.)
+    let counted = d_m.sum("dropped", &[]) + tc_m.sum("dropped", &[("component", "reverse-log-proxy")]);
+    let window = killed_at.saturating_sub(IN_FLIGHT_TO_ONE_DOPPLER)..resubscribed_at + RATE / 10;
+    let outside = missing.iter().filter(|s| !window.contains(s)).count() as u64;
+    assert!(outside <= counted, "lost outside {window:?}: {missing:?}");
+    let after = tally.missing_in(resubscribed_at + RATE / 10, sent);
+    assert!(after <= counted, "{after} emitted after the resubscription never arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_with_sigterm_delivers_its_buffer_and_serves_again_after_a_restart() {
+    const BURST: u64 = 20_000;
+    let (d_addr, agent_addr) = (free_addr(), free_addr());
+    // The test's subscriber decodes every envelope and is slower than a burst: a Doppler buffer
+    // that holds the whole burst keeps its drops out of what this test measures.
+    let doppler = doppler("doppler", d_addr, &["--subscription-buffer", "100000"]).await;
+    let mut agent = agent(agent_addr, &[d_addr], &[]).await;
+    let (tally, base) = (tally(), now_ns());
+    let _subscriber = Subscriber::start("sub", d_addr, SOURCE, base, &tally).await;
+    wait_subscribed(&doppler, 1).await;
+
+    // The burst is accepted, then the agent is told to stop at once, its buffer still full.
+    send_burst(agent_addr, base, 0, BURST, SOURCE, 100).await;
+    let received_at_sigterm = tally.lock().received_by("sub");
+    assert!(agent.terminate().await, "the agent exits 0 on SIGTERM");
+    // Shutdown drains the diode to the Dopplers within `shutdown_grace` (5 s).
+    let (settled, m) =
+        doppler.scrape_until(|m| m.sum("ingress", &[]) == BURST && tally.lock().distinct() == BURST).await;
+    assert!(settled, "the agent's whole buffer did not arrive ({}):\n{}", tally.lock().distinct(), m.0);
+    assert_eq!(m.sum("dropped", &[]), 0);
+    eprintln!("agent SIGTERM: {received_at_sigterm} of {BURST} delivered when it was signalled, all after it exited");
+
+    agent.restart().await;
+    send_burst(agent_addr, base, BURST, 1000, SOURCE, 100).await;
+    let all = eventually(DEADLINE, || async { tally.lock().distinct() == BURST + 1000 }).await;
+    let (agent_m, doppler_m) = (agent.metrics().await, doppler.metrics().await);
+    let tally = tally.lock();
+    assert!(all, "after the restart {} of {}:\n{}\n{}", tally.distinct(), BURST + 1000, agent_m.0, doppler_m.0);
+    assert_eq!(tally.missing(BURST + 1000), Vec::<u64>::new());
+    assert_eq!(tally.duplicates(), 0);
 }

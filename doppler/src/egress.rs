@@ -42,17 +42,26 @@ const EGRESS_QUEUE_BATCHES: usize = 32;
 type BatchStream = Pin<Box<dyn Stream<Item = Result<EncodedBatch, Status>> + Send>>;
 type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<RawBytes, Status>> + Send>>;
 
-/// Removes the subscription when the stream's task ends, however it ends.
+/// Removes the subscription when the stream's task ends, however it ends, and counts as dropped
+/// what its diode still held: those envelopes were routed to it and will never be delivered.
 struct Registration {
     router: Arc<Router>,
     id: crate::router::SubscriptionId,
     subscriptions: Gauge,
+    subscriber: Arc<Subscriber>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.router.unsubscribe(self.id);
         self.subscriptions.add(-1);
+        // Without this a client that stopped reading and left took up to a diode's worth of
+        // envelopes away uncounted (tests/faults.rs, the stalled subscriber).
+        let mut left = 0;
+        while self.subscriber.diode.try_pop().is_some() {
+            left += 1;
+        }
+        self.subscriber.count_lost(left);
     }
 }
 
@@ -98,8 +107,12 @@ impl Egress for EgressService {
             subscriber: Arc::clone(&subscriber),
         });
         self.subscriptions.add(1);
-        let registration =
-            Registration { router: Arc::clone(&self.router), id, subscriptions: self.subscriptions.clone() };
+        let registration = Registration {
+            router: Arc::clone(&self.router),
+            id,
+            subscriptions: self.subscriptions.clone(),
+            subscriber: Arc::clone(&subscriber),
+        };
 
         // Batches handed to the stream but not yet encoded. After a pause (the process descheduled),
         // every ingress stream routes one batch per scheduler round and this task gets one turn per

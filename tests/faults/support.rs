@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::SinkExt as _;
 use loggregator_proto::bytes::Bytes;
 use loggregator_proto::tonic::transport::{Channel, Endpoint};
 use loggregator_proto::v2::egress_client::EgressClient;
 use loggregator_proto::v2::ingress_client::IngressClient;
 use loggregator_proto::v2::{self, envelope::Message, selector, EgressBatchRequest, Envelope, EnvelopeBatch};
-use futures::SinkExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -111,15 +111,8 @@ impl Proc {
         let mut args = args.to_vec();
         args.extend(["--metrics-addr".to_string(), metrics.to_string()]);
         let log = dir.0.join(format!("{name}.log"));
-        let mut proc = Proc {
-            name: name.to_string(),
-            args,
-            child: None,
-            log,
-            _dir: dir,
-            metrics,
-            listens: listens.to_vec(),
-        };
+        let mut proc =
+            Proc { name: name.to_string(), args, child: None, log, _dir: dir, metrics, listens: listens.to_vec() };
         proc.spawn().await;
         proc
     }
@@ -394,7 +387,8 @@ impl Emitter {
                     _ = ticks.tick() => {}
                     _ = token.cancelled() => break,
                 }
-                let batch: Vec<Envelope> = (seq..seq + per_tick).map(|s| envelope(base, s, &source_id, &payload)).collect();
+                let batch: Vec<Envelope> =
+                    (seq..seq + per_tick).map(|s| envelope(base, s, &source_id, &payload)).collect();
                 if tx.send(EnvelopeBatch { batch }).await.is_err() {
                     break;
                 }
@@ -464,6 +458,11 @@ impl Tally {
         (0..sent).filter(|s| !self.seen.contains_key(s)).collect()
     }
 
+    /// How many sequence numbers in `from..to` never arrived.
+    pub fn missing_in(&self, from: u64, to: u64) -> u64 {
+        (from..to).filter(|s| !self.seen.contains_key(s)).count() as u64
+    }
+
     /// Every sequence number in `from..to` arrived.
     pub fn has_all(&self, from: u64, to: u64) -> bool {
         (from..to).all(|s| self.seen.contains_key(&s))
@@ -474,6 +473,11 @@ pub type SharedTally = Arc<Mutex<Tally>>;
 
 pub fn tally() -> SharedTally {
     Arc::new(Mutex::new(Tally::default()))
+}
+
+/// Selects the logs of `source_id`.
+pub fn log_selector(source_id: &str) -> v2::Selector {
+    v2::Selector { source_id: source_id.to_string(), message: Some(selector::Message::Log(v2::LogSelector {})) }
 }
 
 /// One `BatchedReceiver` stream counting the envelopes of `source_id` into a tally. It does not
@@ -487,10 +491,7 @@ impl Subscriber {
     pub async fn start(name: &str, addr: SocketAddr, source_id: &str, base: i64, tally: &SharedTally) -> Subscriber {
         let request = EgressBatchRequest {
             shard_id: format!("faults-{name}"),
-            selectors: vec![v2::Selector {
-                source_id: source_id.to_string(),
-                message: Some(selector::Message::Log(v2::LogSelector {})),
-            }],
+            selectors: vec![log_selector(source_id)],
             ..Default::default()
         };
         let mut client = EgressClient::new(channel(addr).await).max_decoding_message_size(16 << 20);
@@ -520,4 +521,62 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+// === log-cache ===
+
+/// A log-cache node (syslog off, no nozzle) with its gRPC and HTTP listeners; `extra` flags as given.
+pub async fn log_cache(name: &str, dir: &TempDir, grpc: SocketAddr, extra: &[&str]) -> Proc {
+    let config = dir.file(&format!("{name}.toml"), "[syslog]\nenabled = false\n");
+    let http = free_addr();
+    let mut args = strings(&[
+        "log-cache",
+        "--config",
+        config.to_str().expect("utf-8 temp path"),
+        "--grpc-addr",
+        &grpc.to_string(),
+        "--http-addr",
+        &http.to_string(),
+    ]);
+    args.extend(strings(extra));
+    Proc::start(name, &args, &[grpc, http]).await
+}
+
+/// `logcache.v1.Ingress/Send` of envelopes numbered `first..first + count` (timestamp `base + n`),
+/// envelope `n` of source `source_of(n)`, 100 per request.
+pub async fn log_cache_send(
+    addr: SocketAddr,
+    base: i64,
+    first: u64,
+    count: u64,
+    source_of: &(dyn Fn(u64) -> String + Sync),
+    payload_len: usize,
+) {
+    use loggregator_proto::logcache::v1::{ingress_client::IngressClient, SendRequest};
+    let payload = Bytes::from(vec![b'x'; payload_len]);
+    let mut client = IngressClient::new(channel(addr).await).max_encoding_message_size(16 << 20);
+    let mut next = first;
+    while next < first + count {
+        let end = (next + 100).min(first + count);
+        let batch = (next..end).map(|n| envelope(base, n, &source_of(n), &payload)).collect();
+        let request = SendRequest { envelopes: Some(EnvelopeBatch { batch }), local_only: false };
+        client.send(request).await.expect("log-cache accepts the envelopes");
+        next = end;
+    }
+}
+
+/// `logcache.v1.Egress/Read` of `source_id` from the beginning of time: up to `limit` envelopes'
+/// sequence numbers (timestamp − `base`), oldest first, or the error.
+pub async fn log_cache_read(
+    addr: SocketAddr,
+    source_id: &str,
+    base: i64,
+    limit: i64,
+) -> Result<Vec<u64>, loggregator_proto::tonic::Status> {
+    use loggregator_proto::logcache::v1::{egress_client::EgressClient, ReadRequest};
+    let mut client = EgressClient::new(channel(addr).await).max_decoding_message_size(64 << 20);
+    let request = ReadRequest { source_id: source_id.to_string(), start_time: 0, limit, ..Default::default() };
+    let response = client.read(request).await?.into_inner();
+    let batch = response.envelopes.unwrap_or_default().batch;
+    Ok(batch.iter().map(|e| (e.timestamp - base) as u64).collect())
 }
