@@ -157,6 +157,10 @@ async fn sigstop_of_a_doppler_moves_traffic_to_the_other_within_a_second_and_los
     .await;
     let from_a_while_stopped = tally.lock().received_by("a");
     a.sigcont();
+    // A reads what its sockets held within milliseconds of SIGCONT; half a second more of traffic
+    // puts that well before the final counts.
+    let resumed_at = emitter.sent();
+    wait_sent(&emitter, resumed_at + RATE / 2).await;
     let sent = emitter.finish().await;
     let agent_m = agent_drained(&agent, sent).await;
     let a_m = doppler_settled(&a, &tally, "a").await;
@@ -503,6 +507,10 @@ async fn sigstop_of_a_doppler_longer_than_the_agents_grace_loses_at_most_a_secon
     let stopped_at = emitter.sent();
     wait_sent(&emitter, stopped_at + RATE * 8).await;
     a.sigcont();
+    // A reads what its sockets held within milliseconds of SIGCONT; half a second more of traffic
+    // puts that well before the final counts.
+    let resumed_at = emitter.sent();
+    wait_sent(&emitter, resumed_at + RATE / 2).await;
     let sent = emitter.finish().await;
     let agent_m = agent_drained(&agent, sent).await;
     let a_m = doppler_settled(&a, &tally, "a").await;
