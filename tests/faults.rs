@@ -292,7 +292,7 @@ async fn log_cache_under_a_flood_of_ten_times_its_cap_stays_under_it_in_rss_and_
         "flood: {COUNT} × {PAYLOAD} B ({} MiB) in {took:?} into a {} MiB cap; stored {stored}, held {held}, \
          expired memory {expired_memory} / per source {expired_per_source}, accounted {accounted} B; \
          RSS {baseline_kib} KiB idle, {rss_kib} KiB after, high-water {hwm_kib} KiB; oldest held #{oldest_held}",
-        COUNT * PAYLOAD as u64 >> 20,
+        (COUNT * PAYLOAD as u64) >> 20,
         CAP >> 20
     );
     assert_eq!(stored, COUNT, "every envelope was taken in");
