@@ -56,6 +56,9 @@ pub struct Config {
     pub tags: BTreeMap<String, String>,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// Most concurrent HTTP/2 streams per client connection (the server's SETTINGS): one
+    /// connection cannot open streams without bound.
+    pub max_streams_per_connection: u32,
     /// Mutual TLS for the ingress server.
     pub tls: Option<TlsFiles>,
     /// Mutual TLS towards Dopplers (server name `doppler_server_name`).
@@ -83,6 +86,7 @@ impl Default for Config {
             backoff_max: Duration::from_secs(5),
             tags: BTreeMap::new(),
             max_message_bytes: 10 * 1024 * 1024,
+            max_streams_per_connection: 1024,
             tls: None,
             doppler_tls: None,
             doppler_server_name: "doppler".to_string(),

@@ -212,8 +212,10 @@ impl Agent {
 
         let service = IngressRouter::new(ingress::IngressService::new(Arc::clone(&intake)))
             .max_decoding_message_size(config.max_message_bytes);
-        let mut builder =
-            tonic::transport::Server::builder().tcp_nodelay(true).max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
+            .max_concurrent_streams(config.max_streams_per_connection);
         tracing::info!(grpc = %self.addrs.grpc, udp = ?self.addrs.udp, dopplers = ?pool.addrs(), "agent serving");
         let grace = config.shutdown_grace;
         let served = tokio::select! {

@@ -69,6 +69,9 @@ pub struct Config {
     pub max_samples: usize,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
+    /// Most concurrent HTTP/2 streams per client connection (the server's SETTINGS): one
+    /// connection cannot open streams without bound.
+    pub max_streams_per_connection: u32,
     /// Mutual TLS of the gRPC server and of the clients to peer nodes; plaintext when absent.
     pub tls: Option<TlsFiles>,
     /// How long a shutdown waits for in-flight work.
@@ -96,6 +99,7 @@ impl Default for Config {
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             max_samples: DEFAULT_MAX_SAMPLES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_streams_per_connection: 1024,
             tls: None,
             shutdown_grace: Duration::from_secs(5),
             nozzle: NozzleConfig::default(),

@@ -189,11 +189,19 @@ impl LogCache {
         });
         let http_token = token.clone();
         let http_listener = self.http;
+        let http_metrics = plumbing::http_server::HttpMetrics::register(&self.registry, "http");
         let http_task = tracker.spawn(async move {
-            axum::serve(http_listener, http_app)
-                .with_graceful_shutdown(http_token.cancelled_owned())
-                .await
-                .map_err(ServeError::Http)
+            let limits = plumbing::http_server::HttpLimits::default();
+            plumbing::http_server::serve(
+                http_listener,
+                None,
+                http_app,
+                limits,
+                http_metrics,
+                http_token.cancelled_owned(),
+            )
+            .await
+            .map_err(ServeError::Http)
         });
 
         if let Some(listener) = self.syslog {
@@ -269,8 +277,10 @@ impl GrpcParts {
         let promql = PromQlQuerierServer::new(query::PromQlGrpc { querier: Arc::clone(&self.querier) })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let mut builder =
-            tonic::transport::Server::builder().tcp_nodelay(true).max_frame_size(plumbing::grpc::MAX_FRAME_SIZE);
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
+            .max_concurrent_streams(self.config.max_streams_per_connection);
         // Validated in bind; if a file changed since, refuse to serve rather than serve plaintext.
         let tls = self.config.tls.as_ref().map(|tls| tls.grpc_server_config()).transpose()?;
         let incoming = plumbing::grpc::incoming(self.listener, tls);

@@ -18,8 +18,6 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use std::sync::Arc;
-
 use futures::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -241,7 +239,8 @@ impl Connected for Conn {
     }
 }
 
-/// Concurrent TLS handshakes a server runs before it stops accepting.
+/// TLS handshakes a server runs at once; a newer connection evicts the oldest past that
+/// ([`crate::admission`]), so silent peers cannot keep real clients waiting.
 const MAX_HANDSHAKES: usize = 256;
 
 /// The incoming connections of an already-bound listener: `TCP_NODELAY` set, reads buffered, and
@@ -256,28 +255,37 @@ pub fn incoming(
         None => accepted.map(|accepted| accepted.map(|s| Conn::Plain(BufferedStream::new(s)))).left_stream(),
         Some(config) => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(MAX_HANDSHAKES);
-            let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+            let handshakes = crate::admission::Admissions::new(MAX_HANDSHAKES, crate::Counter::default());
             tokio::spawn(async move {
                 let mut accepted = std::pin::pin!(accepted);
+                let mut backoff = crate::backoff::ErrorBackoff::new();
                 loop {
                     let stream = tokio::select! {
                         next = accepted.next() => match next {
-                            Some(Ok(stream)) => stream,
+                            Some(Ok(stream)) => {
+                                backoff.reset();
+                                stream
+                            }
                             Some(Err(err)) => {
+                                // EMFILE persists until a connection closes: wait, don't spin.
                                 tracing::debug!(%err, "accept failed");
+                                backoff.wait().await;
                                 continue;
                             }
                             None => return,
                         },
                         _ = tx.closed() => return,
                     };
-                    let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+                    let admission = handshakes.admit();
                     let (tx, config) = (tx.clone(), config.clone());
                     tokio::spawn(async move {
                         let peer = stream.peer_addr().ok();
-                        match accept_tls(stream, &config).await {
+                        let Some(handshake) = admission.run(accept_tls(stream, &config)).await else {
+                            return tracing::debug!(?peer, "evicted during its TLS handshake by newer connections");
+                        };
+                        match handshake {
                             Ok(conn) => {
-                                drop(permit);
+                                admission.admitted();
                                 let _ = tx.send(conn).await;
                             }
                             // A bare connect-and-close (a TCP health check, a port scan) is not

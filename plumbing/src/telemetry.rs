@@ -205,6 +205,8 @@ pub async fn serve_metrics(
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // A scrape is one short request; the defaults bound what a silent or flooding peer can hold.
+    let metrics = crate::http_server::HttpMetrics::register(&registry, "metrics");
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -212,7 +214,7 @@ pub async fn serve_metrics(
             async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], registry.render()) }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    crate::http_server::serve(listener, None, app, crate::http_server::HttpLimits::default(), metrics, shutdown).await
 }
 
 /// Binds the metrics listener; a separate step so callers learn the real port before serving.

@@ -48,6 +48,9 @@ pub struct Config {
     pub agent_tls: Option<TlsFiles>,
     /// Largest gRPC message received from a Doppler, RLP or Log Cache (§2.7).
     pub max_message_bytes: usize,
+    /// Most concurrent HTTP/2 streams per client connection (the server's SETTINGS): one
+    /// connection cannot open streams without bound.
+    pub max_streams_per_connection: u32,
     /// How long a shutdown waits for streams to flush.
     #[serde(with = "plumbing::millis")]
     pub shutdown_grace: Duration,
@@ -134,6 +137,7 @@ impl Default for Config {
             agent_addr: None,
             agent_tls: None,
             max_message_bytes: 10 << 20,
+            max_streams_per_connection: 1024,
             shutdown_grace: Duration::from_secs(5),
         }
     }

@@ -196,21 +196,27 @@ impl TrafficController {
         let grpc = tonic::transport::Server::builder()
             .max_frame_size(plumbing::grpc::MAX_FRAME_SIZE)
             .tcp_nodelay(true)
+            .max_concurrent_streams(config.max_streams_per_connection)
             .add_service(egress)
             .serve_with_incoming_shutdown(
                 plumbing::grpc::incoming(self.rlp_listener, self.rlp_tls),
                 token.clone().cancelled_owned(),
             );
-        let gateway = http::serve(
+        use plumbing::http_server::{serve, HttpLimits, HttpMetrics};
+        let gateway = serve(
             self.gateway_listener,
             self.public_tls.clone(),
             gateway::router(gateway_state),
+            HttpLimits::default(),
+            HttpMetrics::register(&gateway_registry, "gateway"),
             token.clone().cancelled_owned(),
         );
-        let tc = http::serve(
+        let tc = serve(
             self.tc_listener,
             self.public_tls,
             websocket::router(tc_state),
+            HttpLimits::default(),
+            HttpMetrics::register(&self.registry.scoped("traffic-controller"), "websocket"),
             token.clone().cancelled_owned(),
         );
         tracing::info!(rlp = %self.addrs.rlp, gateway = %self.addrs.gateway, websocket = %self.addrs.websocket, "traffic controller serving");

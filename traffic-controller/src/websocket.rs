@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::announce::Announcer;
 use crate::config::WebSocketConfig;
-use crate::http::Remote;
 use crate::hub::{Filter, Hub, Hubs};
 use crate::recent;
 
@@ -156,7 +155,7 @@ struct Peer {
 async fn app_stream(
     State(state): State<TcState>,
     Path(guid): Path<String>,
-    ConnectInfo(Remote(remote)): ConnectInfo<Remote>,
+    ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
     method: Method,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -179,7 +178,7 @@ async fn firehose(
     State(state): State<TcState>,
     Path(subscription_id): Path<String>,
     Query(query): Query<FirehoseQuery>,
-    ConnectInfo(Remote(remote)): ConnectInfo<Remote>,
+    ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
     method: Method,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,

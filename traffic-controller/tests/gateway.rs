@@ -197,6 +197,49 @@ async fn with_a_certificate_the_public_listeners_speak_https() {
 }
 
 #[tokio::test]
+async fn a_flood_of_silent_connections_does_not_keep_an_https_client_out() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = plumbing::test_support::TestPki::new(&["log-stream"]);
+    let server = pki.server_files();
+    let a = start_doppler().await;
+    let mut config = config(&[&a]);
+    config.public_tls = Some(traffic_controller::config::PublicTls {
+        cert_file: server.cert_file.clone(),
+        key_file: server.key_file.clone(),
+    });
+    let tc = start_tc(config).await;
+    // More silent connections than there are places for handshakes in progress: before, each held
+    // its place for the whole handshake timeout and the real client below waited behind them.
+    let mut flood = Vec::new();
+    for _ in 0..400 {
+        flood.push(tokio::net::TcpStream::connect(tc.addrs.gateway).await.unwrap());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in plumbing::tls::read_certs(&server.ca_file).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(tc.addrs.gateway).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("log-stream").unwrap();
+    let connect = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp);
+    let mut tls = tokio::time::timeout(DEADLINE, connect).await.expect("in time").expect("handshake");
+    tls.write_all(b"GET /v2/read HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response).await.ok();
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 400"));
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "served after {took:?}");
+    assert!(tc.running.metric("http_pending_evicted", &[("listener", "gateway")]) >= 400 - 256);
+    drop(flood);
+}
+
+#[tokio::test]
 async fn a_gateway_configured_with_a_remote_rlp_reads_it_over_grpc() {
     let a = start_doppler().await;
     // The RLP of one traffic controller...
