@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use log_cache::promql::{instant_result_to_json, range_result_to_json, Engine, MetricSource};
+use loggregator_proto::bytes::Bytes;
 use loggregator_proto::logcache::v1::prom_ql::range_query_result;
+use loggregator_proto::prost::Message as _;
 use loggregator_proto::v2::{envelope::Message, Counter, Envelope, Gauge, GaugeValue, Timer};
 
 /// The store's first sample: 2023-11-14T22:13:20Z, in seconds.
@@ -18,11 +20,11 @@ const SAMPLES: i64 = 12;
 struct SmallStore(Vec<Envelope>);
 
 impl MetricSource for SmallStore {
-    fn read_metric_envelopes(&self, source_id: &str, start_ns: i64, end_ns: i64) -> Vec<Envelope> {
+    fn read_metric_envelopes(&self, source_id: &str, start_ns: i64, end_ns: i64, _max: usize) -> Vec<Bytes> {
         self.0
             .iter()
             .filter(|e| e.source_id == source_id && (start_ns..=end_ns).contains(&e.timestamp))
-            .cloned()
+            .map(|e| Bytes::from(e.encode_to_vec()))
             .collect()
     }
 }

@@ -7,18 +7,19 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use loggregator_proto::logcache::v1::prom_ql::{
     InstantQueryRequest, InstantQueryResult, RangeQueryRequest, RangeQueryResult,
 };
 use loggregator_proto::logcache::v1::prom_ql_querier_server::PromQlQuerier;
-use loggregator_proto::v2::Envelope;
+use loggregator_proto::prost::Message as _;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::grpc::status;
 use crate::promql::{Engine, MetricSource, PromQLError};
-use crate::service::{decode_all, ApiError, Service};
+use crate::service::{ApiError, Service};
 
 /// Most queries evaluated at once (§6.6 MaxConcurrent).
 pub const MAX_CONCURRENT_QUERIES: usize = 10;
@@ -30,12 +31,15 @@ struct ClusterMetricSource {
 }
 
 impl MetricSource for ClusterMetricSource {
-    fn read_metric_envelopes(&self, source_id: &str, start_ns: i64, end_ns: i64) -> Vec<Envelope> {
+    fn read_metric_envelopes(&self, source_id: &str, start_ns: i64, end_ns: i64, max: usize) -> Vec<Bytes> {
         if self.service.cluster().remote_owner(source_id).is_none() {
-            return decode_all(&self.service.store().metric_envelopes(source_id, start_ns, end_ns));
+            return self.service.store().metric_envelopes(source_id, start_ns, end_ns);
         }
         // Only ever called from `spawn_blocking` (see `Querier::evaluate`), where blocking is allowed.
-        self.runtime.block_on(self.service.metric_envelopes(source_id, start_ns, end_ns))
+        let envelopes = self.runtime.block_on(self.service.metric_envelopes(source_id, start_ns, end_ns, max));
+        // The owner's answer arrives decoded (tonic's Read client); re-encoded so that both paths
+        // hand the engine the same thing. Remote reads are bounded by `max` pages' worth.
+        envelopes.into_iter().map(|envelope| Bytes::from(envelope.encode_to_vec())).collect()
     }
 }
 

@@ -63,8 +63,10 @@ pub async fn authorize_query(
         return Err(QueryError::TooManySources { count: candidates.len() }.into());
     }
     if !caller.admin {
-        // Each distinct id is checked once, several at a time: a CC round trip each, and a query may
-        // name up to `MAX_SOURCES_PER_QUERY` of them.
+        if candidates.len() > crate::promql::MAX_CHECKED_SOURCES_PER_QUERY {
+            return Err(QueryError::TooManyToCheck { count: candidates.len() }.into());
+        }
+        // Each distinct id is checked once, several at a time: a CC round trip each.
         let candidates: Vec<String> = candidates.into_iter().cloned().collect();
         let mut allowed = HashSet::with_capacity(candidates.len());
         for chunk in candidates.chunks(MAX_CONCURRENT_CHECKS) {

@@ -283,8 +283,9 @@ impl Service {
     // === PromQL data ===
 
     /// GAUGE, COUNTER and TIMER envelopes of a source in `[start, end]`, ascending: from the store,
-    /// or walked from the owner node with `Read` (limit 1000, restarting at `last + 1`).
-    pub async fn metric_envelopes(&self, source_id: &str, start: i64, end_inclusive: i64) -> Vec<Envelope> {
+    /// or walked from the owner node with `Read` (limit 1000, restarting at `last + 1`). The walk
+    /// stops once it holds more than `max` (a query's remaining budget: it fails then anyway).
+    pub async fn metric_envelopes(&self, source_id: &str, start: i64, end_inclusive: i64, max: usize) -> Vec<Envelope> {
         let Some(peer) = self.cluster.remote_owner(source_id) else {
             return decode_all(&self.store.metric_envelopes(source_id, start, end_inclusive));
         };
@@ -319,7 +320,7 @@ impl Service {
             };
             let full = batch.len() as i64 >= crate::store::MAX_READ_LIMIT;
             out.extend(batch);
-            if !full || last == i64::MAX {
+            if !full || last == i64::MAX || out.len() > max {
                 break;
             }
             from = last + 1;

@@ -48,6 +48,11 @@ impl SampleBudget {
         Self { used: 0, max }
     }
 
+    /// Samples still allowed.
+    pub fn remaining(&self) -> usize {
+        self.max.saturating_sub(self.used)
+    }
+
     pub fn charge(&mut self, samples: usize) -> Result<(), PromQLError> {
         self.used = self.used.saturating_add(samples);
         if self.used > self.max {

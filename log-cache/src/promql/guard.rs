@@ -8,9 +8,13 @@
 
 use super::PromQLError;
 
-/// The most distinct source ids a query may name. Each is read from the store (or its owner) and,
-/// for a caller who is not admin, checked with the access checks; Grafana dashboards name a few.
-pub const MAX_SOURCES_PER_QUERY: usize = 100;
+/// The most distinct source ids a query may name (a dashboard over every app of an org names
+/// hundreds). Each is one read of the store or its owner; what is read is charged to the budget.
+pub const MAX_SOURCES_PER_QUERY: usize = 2000;
+
+/// The most source ids a caller without an admin scope may have checked in one query: each is a
+/// round trip to Cloud Controller (cached afterwards).
+pub const MAX_CHECKED_SOURCES_PER_QUERY: usize = 100;
 
 /// The most operators plus opening parentheses a query may hold.
 /// At this bound a query needs about 1.5 MiB of stack in a debug build (~7 KiB per level), 300 KiB in

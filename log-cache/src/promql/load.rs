@@ -5,13 +5,13 @@
 //! the lookback delta for an instant selector, minus one more second as Log Cache does, §6.6) to the
 //! end of the last second it can see (samples are stamped with the truncated second).
 
-use loggregator_proto::v2::Envelope;
+use bytes::Bytes;
 use std::collections::HashMap;
 
 use super::eval::{Deadline, SampleBudget};
 use super::plan::{Plan, Selector};
 use super::series::{build_series, SeriesFilter};
-use super::{MetricSource, PromQLError};
+use super::{MetricSource, PromQLError, MAX_SOURCES_PER_QUERY};
 
 /// The instants a query is evaluated at, in ms.
 pub(crate) struct QueryWindow {
@@ -48,19 +48,36 @@ pub(crate) fn load_series(
         }
     }
 
-    let mut envelopes: HashMap<String, Vec<Envelope>> = HashMap::with_capacity(reads.len());
+    if reads.len() > MAX_SOURCES_PER_QUERY {
+        return Err(PromQLError::BadQuery(format!(
+            "query names {} source ids, at most {MAX_SOURCES_PER_QUERY} allowed",
+            reads.len()
+        )));
+    }
+
+    // Every envelope read is charged as a sample before any is decoded: a query over more than its
+    // budget fails having decoded nothing, and what it holds meanwhile are slices of the store.
+    let mut envelopes: HashMap<String, Vec<Bytes>> = HashMap::with_capacity(reads.len());
+    let mut credit = 0usize;
     for (id, start_ns, end_ns) in reads {
         deadline.check()?;
-        envelopes.insert(id.to_owned(), source.read_metric_envelopes(id, start_ns, end_ns));
+        let read = source.read_metric_envelopes(id, start_ns, end_ns, budget.remaining());
+        budget.charge(read.len())?;
+        credit += read.len();
+        envelopes.insert(id.to_owned(), read);
     }
     deadline.check()?;
+    // The samples built are charged too, less what their envelopes already paid: a gauge yields a
+    // sample per key, so a query pays for whichever is larger.
 
     for (selector, (start_ns, end_ns)) in plan.selectors.iter_mut().zip(windows) {
-        let sources: Vec<&[Envelope]> =
+        let sources: Vec<&[Bytes]> =
             selector.source_ids.iter().filter_map(|id| envelopes.get(id).map(Vec::as_slice)).collect();
         let filter = SeriesFilter { name: selector.name.as_deref(), labels: &selector.labels, start_ns, end_ns };
         let series = build_series(&sources, &filter);
-        budget.charge(series.iter().map(|s| s.points.len()).sum())?;
+        let points: usize = series.iter().map(|s| s.points.len()).sum();
+        budget.charge(points.saturating_sub(credit))?;
+        credit = credit.saturating_sub(points);
         selector.series = series;
     }
     Ok(())

@@ -36,15 +36,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use loggregator_proto::logcache::v1::prom_ql::{
     self, instant_query_result, range_query_result, InstantQueryResult, RangeQueryResult,
 };
-use loggregator_proto::v2::Envelope;
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::Expr;
 
 pub use error::PromQLError;
-pub use guard::MAX_SOURCES_PER_QUERY;
+pub use guard::{MAX_CHECKED_SOURCES_PER_QUERY, MAX_SOURCES_PER_QUERY};
 pub use json::{error_to_json, instant_result_to_json, range_result_to_json};
 
 use eval::{Deadline, Evaluator, SampleBudget, Value};
@@ -62,8 +62,11 @@ pub const LOOKBACK_DELTA: Duration = Duration::from_secs(5 * 60);
 
 /// Where the engine reads metrics from: the Log Cache store.
 pub trait MetricSource: Send + Sync {
-    /// GAUGE, COUNTER and TIMER envelopes of `source_id` with timestamp in [start_ns, end_ns], ascending.
-    fn read_metric_envelopes(&self, source_id: &str, start_ns: i64, end_ns: i64) -> Vec<Envelope>;
+    /// GAUGE, COUNTER and TIMER envelopes of `source_id` with timestamp in [start_ns, end_ns],
+    /// ascending, still encoded: the engine charges them to the query's sample budget before it
+    /// decodes any, and then decodes them one at a time. A source may stop after `max` + 1
+    /// envelopes (the query fails then anyway), so a hostile query costs no more than its budget.
+    fn read_metric_envelopes(&self, source_id: &str, start_ns: i64, end_ns: i64, max: usize) -> Vec<Bytes>;
 }
 
 /// Evaluates PromQL queries against a [`MetricSource`].

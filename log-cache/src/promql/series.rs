@@ -10,7 +10,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use loggregator_proto::prost::Message as _;
 use loggregator_proto::v2::{envelope, Envelope};
+
+#[cfg(test)]
+thread_local! {
+    /// Envelopes decoded by `build_series` on this thread (tests of the budget's order).
+    pub(crate) static DECODED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 use super::params::sample_time_ms;
 
@@ -86,11 +94,21 @@ impl SeriesBuilder {
 ///
 /// This runs once per envelope a query reads, so the common path allocates nothing: an envelope's
 /// labels are borrowed into a reused buffer and its series found by hash.
-pub(crate) fn build_series(sources: &[&[Envelope]], filter: &SeriesFilter<'_>) -> Vec<Series> {
+///
+/// Envelopes arrive encoded and are decoded one at a time, so a query holds one decoded envelope at
+/// a time plus the samples it keeps; a stored envelope always decodes (it was scanned on the way
+/// in), and one that does not is skipped.
+pub(crate) fn build_series(sources: &[&[Bytes]], filter: &SeriesFilter<'_>) -> Vec<Series> {
     let mut builders: Vec<SeriesBuilder> = Vec::new();
     let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut labels: Vec<(&str, &str)> = Vec::new();
-    for envelope in sources.iter().flat_map(|envelopes| envelopes.iter()) {
+    for encoded in sources.iter().flat_map(|envelopes| envelopes.iter()) {
+        let Ok(envelope) = Envelope::decode(&encoded[..]) else {
+            continue;
+        };
+        #[cfg(test)]
+        DECODED.with(|decoded| decoded.set(decoded.get() + 1));
+        let envelope = &envelope;
+        let mut labels: Vec<(&str, &str)> = Vec::new();
         if envelope.timestamp < filter.start_ns || envelope.timestamp > filter.end_ns {
             continue;
         }

@@ -4,10 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use loggregator_proto::logcache::v1::prom_ql::{
     instant_query_result, range_query_result, InstantQueryResult, Matrix, Point, RangeQueryResult, Sample, Scalar,
     Series, Vector,
 };
+use loggregator_proto::prost::Message as _;
 use loggregator_proto::v2::{envelope, Counter, Envelope, Event, Gauge, GaugeValue, Log, Timer};
 
 use super::params::{format_time, parse_step, parse_time};
@@ -26,7 +28,7 @@ struct FakeSource {
 }
 
 impl MetricSource for FakeSource {
-    fn read_metric_envelopes(&self, source_id: &str, start_ns: i64, end_ns: i64) -> Vec<Envelope> {
+    fn read_metric_envelopes(&self, source_id: &str, start_ns: i64, end_ns: i64, _max: usize) -> Vec<Bytes> {
         if let Ok(mut reads) = self.reads.lock() {
             reads.push((source_id.to_owned(), start_ns, end_ns));
         }
@@ -45,7 +47,7 @@ impl MetricSource for FakeSource {
             .cloned()
             .collect();
         out.sort_by_key(|e| e.timestamp);
-        out
+        out.iter().map(|e| Bytes::from(e.encode_to_vec())).collect()
     }
 }
 
@@ -806,6 +808,28 @@ fn sample_bound_fails_the_query() {
     // 10 loaded + 1 selected fits.
     let engine = Engine::new(source, Duration::from_secs(10), 15);
     assert_eq!(single(&engine, r#"cpu{source_id="app"}"#, 10), 1.0);
+}
+
+#[test]
+fn a_query_over_its_budget_fails_before_decoding_anything() {
+    let envelopes = (0..1000).map(|i| counter("big", f64::from(i) / 10.0, "requests", i as u64)).collect();
+    let source = Arc::new(FakeSource { envelopes, reads: Mutex::new(Vec::new()) });
+    let engine = Engine::new(source, Duration::from_secs(10), 999);
+    let before = super::series::DECODED.with(|d| d.get());
+    let err = error_of(engine.instant_query(r#"count_over_time(requests{source_id="big"}[5m])"#, &at(100)));
+    assert_eq!(err, PromQLError::TooManySamples);
+    assert_eq!(super::series::DECODED.with(|d| d.get()), before, "not one envelope was decoded");
+}
+
+#[test]
+fn a_query_names_a_bounded_number_of_sources() {
+    let engine = engine(Vec::new());
+    let ids: Vec<String> = (0..=MAX_SOURCES_PER_QUERY).map(|i| format!("s{i}")).collect();
+    let query = format!(r#"up{{source_id=~"{}"}}"#, ids.join("|"));
+    let err = error_of(engine.instant_query(&query, &at(0)));
+    assert!(matches!(&err, PromQLError::BadQuery(m) if m.contains("at most 2000")), "{err:?}");
+    let fits = format!(r#"up{{source_id=~"{}"}}"#, ids[1..].join("|"));
+    engine.instant_query(&fits, &at(0)).expect("at the bound");
 }
 
 #[test]

@@ -29,6 +29,11 @@ pub enum QueryError {
     NoSourceIds,
     #[error("query names {count} source ids, at most {} allowed", crate::promql::MAX_SOURCES_PER_QUERY)]
     TooManySources { count: usize },
+    #[error(
+        "query needs access checks of {count} source ids, at most {} allowed without an admin scope",
+        crate::promql::MAX_CHECKED_SOURCES_PER_QUERY
+    )]
+    TooManyToCheck { count: usize },
 }
 
 /// Why a rewritten query was refused: printing and re-parsing it did not name exactly the ids that

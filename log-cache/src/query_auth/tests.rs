@@ -141,6 +141,7 @@ async fn a_query_checks_its_sources_concurrently() {
     }
     let auth = Authorizer::new(&[key()], vec![Box::new(Shared(gate.clone()))]).expect("valid key");
     let ids: Vec<String> = (0..8).map(|i| format!("app-{i}")).collect();
+    assert!(ids.len() <= crate::promql::MAX_CHECKED_SOURCES_PER_QUERY);
     let query = format!(r#"cpu{{source_id=~"{}"}}"#, ids.join("|"));
     let started = std::time::Instant::now();
     authorize_query(&auth, Some(&bearer(&[], "carol")), &query).await.expect("allowed");
@@ -149,12 +150,22 @@ async fn a_query_checks_its_sources_concurrently() {
 }
 
 #[tokio::test]
-async fn a_query_names_a_bounded_number_of_sources() {
+async fn a_query_names_a_bounded_number_of_sources_and_checks_fewer() {
+    use crate::promql::{MAX_CHECKED_SOURCES_PER_QUERY, MAX_SOURCES_PER_QUERY};
     let auth = fake_cc_authorizer();
-    let ids: Vec<String> = (0..=crate::promql::MAX_SOURCES_PER_QUERY).map(|i| format!("app-{i}")).collect();
-    let query = format!(r#"cpu{{source_id=~"{}"}}"#, ids.join("|"));
-    let refused = authorize_query(&auth, Some(&bearer(&["logs.admin"], "root")), &query).await.unwrap_err();
-    assert_eq!(refused, QueryRejection::BadQuery(QueryError::TooManySources { count: ids.len() }));
-    let fits = format!(r#"cpu{{source_id=~"{}"}}"#, ids[1..].join("|"));
-    authorize_query(&auth, Some(&bearer(&["logs.admin"], "root")), &fits).await.expect("at the bound is allowed");
+    let list = |n: usize| {
+        let ids: Vec<String> = (0..n).map(|i| format!("app-{i}")).collect();
+        format!(r#"cpu{{source_id=~"{}"}}"#, ids.join("|"))
+    };
+    let admin = bearer(&["logs.admin"], "root");
+    let refused = authorize_query(&auth, Some(&admin), &list(MAX_SOURCES_PER_QUERY + 1)).await.unwrap_err();
+    assert_eq!(refused, QueryRejection::BadQuery(QueryError::TooManySources { count: MAX_SOURCES_PER_QUERY + 1 }));
+    authorize_query(&auth, Some(&admin), &list(MAX_SOURCES_PER_QUERY)).await.expect("admins: at the bound");
+    // Without an admin scope every id is a Cloud Controller check: fewer are allowed.
+    let user = bearer(&[], "alice");
+    let refused = authorize_query(&auth, Some(&user), &list(MAX_CHECKED_SOURCES_PER_QUERY + 1)).await.unwrap_err();
+    assert_eq!(
+        refused,
+        QueryRejection::BadQuery(QueryError::TooManyToCheck { count: MAX_CHECKED_SOURCES_PER_QUERY + 1 })
+    );
 }
