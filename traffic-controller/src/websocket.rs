@@ -295,8 +295,16 @@ impl Connection {
                     };
                     match tokio::time::timeout(config.slow_consumer_timeout, write).await {
                         Ok(Ok(())) => state.metrics.egress.add(n as u64),
-                        Ok(Err(_)) => break End::Gone,
-                        Err(_) => break End::Slow,
+                        // The batch left the buffer but was never confirmed written: dropped, so
+                        // that `ingress = egress + dropped` holds for every connection.
+                        Ok(Err(_)) => {
+                            state.metrics.dropped.add(n as u64);
+                            break End::Gone;
+                        }
+                        Err(_) => {
+                            state.metrics.dropped.add(n as u64);
+                            break End::Slow;
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(next_ping) => {
