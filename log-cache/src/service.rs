@@ -123,6 +123,11 @@ impl Service {
                     tracing::debug!(peer = %peer.addr, error = %status, "owner unavailable; empty read");
                     Ok(EncodedRead::Remote(ReadResponse { envelopes: Some(EnvelopeBatch::default()) }))
                 }
+                // tonic reports its own request timeout as CANCELLED "Timeout expired", which reads
+                // as if the client gave up: the owner is what did not answer.
+                Err(status) if status.code() == Code::Cancelled => Err(ApiError::Remote(tonic::Status::unavailable(
+                    format!("log-cache node {} did not answer: {}", peer.addr, status.message()),
+                ))),
                 Err(status) => Err(ApiError::Remote(status)),
             };
         }
