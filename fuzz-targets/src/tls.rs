@@ -102,6 +102,19 @@ impl Sealer {
     }
 }
 
+/// What a TLS 1.3 reader finds in a record sealed as `typ` with `content`: the content type is the
+/// last non-zero byte of the inner plaintext (RFC 8446 §5.4), so a type of 0 hands that role to the
+/// content's own last non-zero byte (fuzz/artifacts/tls/crash-tls13-inner-type-zero).
+fn tls13_received(typ: u8, content: &[u8]) -> (u8, &[u8]) {
+    if typ != 0 {
+        return (typ, content);
+    }
+    match content.iter().rposition(|&b| b != 0) {
+        Some(end) => (content[end], &content[..end]),
+        None => (0, &[]),
+    }
+}
+
 /// Takes `n` bytes off the front of `rest` (fewer if it is shorter).
 fn take<'a>(rest: &mut &'a [u8], n: usize) -> &'a [u8] {
     let (head, tail) = rest.split_at(n.min(rest.len()));
@@ -143,18 +156,20 @@ pub fn fuzz(data: &[u8]) {
         .min(MAX_PLAINTEXT + 64);
         let mut content = take(&mut rest, len).to_vec();
         content.resize(len, 0);
-        let padding = if sealer.format == Format::Tls13 { usize::from((op >> 3) & 15) } else { 0 };
+        let tls13 = sealer.format == Format::Tls13;
+        let padding = if tls13 { usize::from((op >> 3) & 15) } else { 0 };
         sealer.seal(typ, &content, padding, &mut records);
-        if typ == CONTENT_APPLICATION_DATA {
-            sealed_data += len;
+        let (received_type, received) = if tls13 { tls13_received(typ, &content) } else { (typ, &content[..]) };
+        if received_type == CONTENT_APPLICATION_DATA {
+            sealed_data += received.len();
         }
-        let inner_limit = if sealer.format == Format::Tls13 { MAX_PLAINTEXT + 1 } else { MAX_PLAINTEXT };
-        let inner = len + if sealer.format == Format::Tls13 { 1 + padding } else { 0 };
+        let inner_limit = if tls13 { MAX_PLAINTEXT + 1 } else { MAX_PLAINTEXT };
+        let inner = len + if tls13 { 1 + padding } else { 0 };
         if typ != CONTENT_APPLICATION_DATA || len == 0 || inner > inner_limit {
             all_plain_data = false;
         }
         // The reader's fixed kernel answers a key update by starting the same key over.
-        if typ == CONTENT_HANDSHAKE && sealer.format == Format::Tls13 && content.first() == Some(&KEY_UPDATE) {
+        if tls13 && received_type == CONTENT_HANDSHAKE && received.first() == Some(&KEY_UPDATE) {
             sealer.seq = 0;
         }
     }
