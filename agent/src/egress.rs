@@ -190,6 +190,8 @@ pub async fn run_dispatcher(
 struct Outbox {
     rx: Arc<Mutex<mpsc::Receiver<EncodedBatch>>>,
     egress: Counter,
+    /// Envelopes this call's transport took: unconfirmed until the call ends well.
+    taken: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Stream for Outbox {
@@ -199,6 +201,7 @@ impl Stream for Outbox {
         let polled = self.rx.lock().poll_recv(cx);
         if let Poll::Ready(Some(batch)) = &polled {
             self.egress.add(batch.len() as u64);
+            self.taken.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         polled
     }
@@ -219,6 +222,8 @@ pub struct Connection {
     pub settings: Arc<ConnectionSettings>,
     pub egress: Counter,
     pub dropped: Counter,
+    /// What failed calls' transports had taken (see [`Connection::stream`]).
+    pub unconfirmed: Counter,
 }
 
 enum StreamEnd {
@@ -289,11 +294,31 @@ impl Connection {
     }
 
     /// One `BatchSender` call: sends batches until a limit, shutdown, or failure.
+    ///
+    /// gRPC confirms a client stream only as a whole, when the Doppler answers its end. A call that
+    /// fails instead (the Doppler died, or froze past the grace) leaves what its transport took in
+    /// doubt: some of it may have been read, the rest is lost, and no one can tell which. It is
+    /// counted as `unconfirmed`, the bound on that loss, so the sum rule still closes: agent
+    /// `egress` ≤ Σ Doppler `ingress` + `unconfirmed`.
     async fn stream(&self, channel: Channel, pending: &mut Vec<EncodedBatch>) -> StreamEnd {
+        let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let end = self.send_batches(channel, pending, Arc::clone(&taken)).await;
+        if matches!(end, StreamEnd::Failed) {
+            self.unconfirmed.add(taken.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        end
+    }
+
+    async fn send_batches(
+        &self,
+        channel: Channel,
+        pending: &mut Vec<EncodedBatch>,
+        taken: Arc<std::sync::atomic::AtomicU64>,
+    ) -> StreamEnd {
         let mut client = IngressClient::new(channel).max_encoding_message_size(self.settings.max_message_bytes);
         let (tx, rx) = mpsc::channel::<EncodedBatch>(1);
         let rx = Arc::new(Mutex::new(rx));
-        let outbox = Outbox { rx: Arc::clone(&rx), egress: self.egress.clone() };
+        let outbox = Outbox { rx: Arc::clone(&rx), egress: self.egress.clone(), taken };
         let mut call = Box::pin(client.batch_sender(outbox));
         let opened = tokio::time::Instant::now();
         let deadline = opened + self.settings.stream_max_age;

@@ -64,6 +64,7 @@ struct Metrics {
     egress: Counter,
     dropped_ingress: Counter,
     dropped_egress: Counter,
+    unconfirmed: Counter,
     malformed_udp: Counter,
     dopplers: Gauge,
 }
@@ -86,6 +87,12 @@ impl Metrics {
                 "dropped",
                 "Envelopes dropped by the component",
                 &[("direction", "egress")],
+            ),
+            // metric-documentation: envelopes sent on a Doppler stream that failed before the Doppler confirmed it: delivered or lost, unknown (the bound on what a silent Doppler lost).
+            unconfirmed: registry.counter(
+                "unconfirmed",
+                "Envelopes sent on Doppler streams that failed before the Doppler confirmed them",
+                &[],
             ),
             // metric-documentation: UDP datagrams that were not valid dropsonde envelopes.
             malformed_udp: registry.counter("malformed", "Malformed input discarded", &[("transport", "udp")]),
@@ -197,6 +204,7 @@ impl Agent {
                 settings: Arc::clone(&settings),
                 egress: self.metrics.egress.clone(),
                 dropped: self.metrics.dropped_egress.clone(),
+                unconfirmed: self.metrics.unconfirmed.clone(),
             };
             tracker.spawn(halt.clone().run_until_cancelled_owned(connection.run(egress_token.clone())));
         }
