@@ -16,6 +16,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use futures::{Stream, StreamExt};
@@ -252,7 +253,30 @@ pub fn incoming(
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
     let accepted = TcpIncoming::from(listener).with_nodelay(Some(true));
     match tls {
-        None => accepted.map(|accepted| accepted.map(|s| Conn::Plain(BufferedStream::new(s)))).left_stream(),
+        None => {
+            // An accept error is not passed on: tonic would log it and ask again at once, and
+            // EMFILE (out of file descriptors) repeats until a connection closes: a spin at 100 %
+            // CPU. Waiting between errors leaves the CPU to the connections being served.
+            let backoff = Arc::new(tokio::sync::Mutex::new(crate::backoff::ErrorBackoff::new()));
+            accepted
+                .filter_map(move |accepted| {
+                    let backoff = Arc::clone(&backoff);
+                    async move {
+                        match accepted {
+                            Ok(stream) => {
+                                backoff.lock().await.reset();
+                                Some(Ok(Conn::Plain(BufferedStream::new(stream))))
+                            }
+                            Err(err) => {
+                                tracing::debug!(%err, "accept failed");
+                                backoff.lock().await.wait().await;
+                                None
+                            }
+                        }
+                    }
+                })
+                .left_stream()
+        }
         Some(config) => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(MAX_HANDSHAKES);
             let handshakes = crate::admission::Admissions::new(MAX_HANDSHAKES, crate::Counter::default());
