@@ -56,7 +56,10 @@ fn raw_services(batch_in: &str, batch_out: &str, envelope_in: &str, envelope_out
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proto");
+    // Read when the script runs, not baked in when it is compiled: a build script binary compiled
+    // in another checkout (a git worktree sharing this target dir) must not read that checkout's files.
+    let root =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let files = protox::compile(PROTOS, [&root])?;
     let mut config = prost_build::Config::new();
