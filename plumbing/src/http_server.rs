@@ -9,9 +9,12 @@
 //!   [`HttpLimits::handshake_timeout`].
 //! - **Connections** are at most [`HttpLimits::max_connections`]; past that a new one is closed at
 //!   once and counted, rather than queued behind the others.
+//! - **Writes** to a peer that takes no bytes for [`HttpLimits::write_stall_timeout`] fail, and
+//!   the connection with them: a client that asks for a large answer and never reads it would
+//!   otherwise hold its connection (and the response in memory) for ever.
 //!
-//! Streaming responses (SSE, WebSocket upgrades) are not timed: they are bounded by their own
-//! endpoints' rules. Handlers see the peer as `ConnectInfo<SocketAddr>`.
+//! Streaming responses (SSE, WebSocket upgrades) are not timed as a whole: they are bounded by their
+//! own endpoints' rules, and by the write stall timeout like everything else. Handlers see the peer as `ConnectInfo<SocketAddr>`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ pub struct HttpLimits {
     pub max_pending: usize,
     pub header_read_timeout: Duration,
     pub handshake_timeout: Duration,
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -45,6 +49,7 @@ impl Default for HttpLimits {
             max_pending: 256,
             header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -142,6 +147,7 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().oneshot(request.map(axum::body::Body::new))
             });
+            let io = Stalling { io, limit: limits.write_stall_timeout, stalled: None };
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             let mut connection = std::pin::pin!(watcher.watch(connection.into_owned()));
             // hyper times a request head from its first byte: a peer that sends none is ours to end.
@@ -169,6 +175,89 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// A connection whose writes fail once the peer has taken no bytes for `limit`.
+struct Stalling {
+    io: Io,
+    limit: Duration,
+    /// Since when a write has been waiting for the peer.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stalling {
+    /// Passes a ready write through (and forgets any stall); a pending one fails after `limit`.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer took no bytes for {} ms", limit.as_millis()),
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stalling {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stalling {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, polled)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// A connection, plain or TLS.

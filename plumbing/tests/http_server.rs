@@ -23,12 +23,17 @@ impl Server {
     async fn start(limits: HttpLimits, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = axum::Router::new().route(
-            "/peer",
-            axum::routing::get(|axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>| async move {
-                peer.to_string()
-            }),
-        );
+        let router = axum::Router::new()
+            .route(
+                "/peer",
+                axum::routing::get(
+                    |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>| async move {
+                        peer.to_string()
+                    },
+                ),
+            )
+            // Far more than the socket buffers of both ends hold.
+            .route("/big", axum::routing::get(|| async { vec![b'x'; 64 << 20] }));
         let metrics = HttpMetrics::default();
         let stop = tokio_util::sync::CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
@@ -195,5 +200,28 @@ async fn a_flood_of_silent_connections_does_not_keep_a_real_https_client_out() {
     let closed = time_to_close(&mut flood[0]).await;
     assert!(closed.is_some_and(|d| d < Duration::from_secs(1)), "{closed:?}");
     drop(flood);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_its_answer_is_cut_off_at_the_write_stall_timeout() {
+    let limits = HttpLimits { write_stall_timeout: Duration::from_millis(500), ..limits(Duration::from_secs(30)) };
+    let server = Server::start(limits, None).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    // Read nothing until the server has had time to fill both socket buffers and stall, then
+    // drain: a cut-off connection ends well short of the 64 MiB answer.
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await.expect("the server ends it") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    assert!(total < 64 << 20, "the whole answer arrived ({total} bytes): the stall was not cut off");
+    assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
     server.stop().await;
 }
