@@ -20,6 +20,20 @@ use loggregator::pipeline::DEFAULT_METRICS_ADDR;
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The components' own log lines: `text` (coloured only on a terminal) or `json`, one object
+    /// a line, for log shippers.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    /// With no subcommand: also run a built-in emitter of demo traffic (apps writing logs, gauges
+    /// and counters, and one noisy neighbour).
+    #[arg(long)]
+    demo: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -34,6 +48,18 @@ enum Command {
     LogCache(LogCacheArgs),
     /// The egress edge: reverse log proxy (gRPC), RLP gateway (SSE) and v1 WebSockets.
     TrafficController(TrafficControllerArgs),
+    /// Send log lines, gauges, counters or events through an agent.
+    Emit(crate::client::emit::EmitArgs),
+    /// A source's logs, like `cf logs`: the recent ones, then live.
+    Logs(crate::client::logs::LogsArgs),
+    /// A source's envelopes of every type, like `cf tail`.
+    Tail(crate::client::tail::TailArgs),
+    /// Every source log-cache holds, like `cf log-meta`.
+    Meta(crate::client::meta::MetaArgs),
+    /// A PromQL query against log-cache.
+    Query(crate::client::query::QueryArgs),
+    /// The noisiest sources and each hop's throughput and drops, refreshing.
+    Top(crate::client::top::TopArgs),
 }
 
 /// Flags every component has.
@@ -77,6 +103,9 @@ struct AllArgs {
     /// Address of the Prometheus `/metrics` endpoint of every component.
     #[arg(long, env = "METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
     metrics_addr: SocketAddr,
+    /// Also run a built-in emitter of demo traffic.
+    #[arg(long)]
+    demo: bool,
 }
 
 #[derive(Args, Debug)]
@@ -229,19 +258,40 @@ pub async fn spawn_metrics(
 }
 
 impl Cli {
+    /// Whether the command is a client (its own logs stay quiet unless asked for).
+    pub fn is_client(&self) -> bool {
+        matches!(
+            self.command,
+            Some(
+                Command::Emit(_)
+                    | Command::Logs(_)
+                    | Command::Tail(_)
+                    | Command::Meta(_)
+                    | Command::Query(_)
+                    | Command::Top(_)
+            )
+        )
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            None => run_all(DEFAULT_METRICS_ADDR.parse()?).await,
-            Some(Command::All(args)) => run_all(args.metrics_addr).await,
+            None => run_all(DEFAULT_METRICS_ADDR.parse()?, self.demo).await,
+            Some(Command::All(args)) => run_all(args.metrics_addr, args.demo || self.demo).await,
             Some(Command::Agent(args)) => run_agent(args).await,
             Some(Command::Doppler(args)) => run_doppler(args).await,
             Some(Command::LogCache(args)) => run_log_cache(args).await,
             Some(Command::TrafficController(args)) => run_traffic_controller(args).await,
+            Some(Command::Emit(args)) => crate::client::emit::run(args).await,
+            Some(Command::Logs(args)) => crate::client::logs::run(args).await,
+            Some(Command::Tail(args)) => crate::client::tail::run(args).await,
+            Some(Command::Meta(args)) => crate::client::meta::run(args).await,
+            Some(Command::Query(args)) => crate::client::query::run(args).await,
+            Some(Command::Top(args)) => crate::client::top::run(args).await,
         }
     }
 }
 
-async fn run_all(metrics_addr: SocketAddr) -> anyhow::Result<()> {
+async fn run_all(metrics_addr: SocketAddr, demo: bool) -> anyhow::Result<()> {
     let mut config = loggregator::pipeline::PipelineConfig::loopback_defaults();
     config.metrics_addr = metrics_addr;
     let pipeline = loggregator::pipeline::Pipeline::bind(config).await?;
@@ -252,7 +302,20 @@ async fn run_all(metrics_addr: SocketAddr) -> anyhow::Result<()> {
     for (name, addr) in &rows {
         println!("  {name:width$}  {addr}");
     }
-    pipeline.serve(crate::shutdown_signal()).await
+    let demo_stop = tokio_util::sync::CancellationToken::new();
+    if demo {
+        tokio::spawn(crate::demo::run(pipeline.endpoints().agent_grpc, demo_stop.clone()));
+        let apps: Vec<&str> = crate::demo::APPS.iter().map(|(app, _)| *app).collect();
+        println!();
+        println!("demo traffic: apps {} and a noisy {}; try", apps.join(", "), crate::demo::NOISY_APP);
+        println!("  loggregator logs checkout        (Ctrl-C to stop)");
+        println!("  loggregator tail checkout -t gauge -f");
+        println!("  loggregator top");
+        println!("  loggregator query 'avg_over_time(cpu{{source_id=\"checkout\"}}[1m])'");
+    }
+    let served = pipeline.serve(crate::shutdown_signal()).await;
+    demo_stop.cancel();
+    served
 }
 
 fn parse_tags(tags: &[String]) -> anyhow::Result<Vec<(String, String)>> {

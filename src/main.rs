@@ -5,17 +5,51 @@
 //! multi-host deployment, configured by defaults < `--config` TOML file < environment < flags.
 
 mod cli;
+mod client;
+mod demo;
 
-use anyhow::Context as _;
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
 use clap::Parser as _;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(cli.run())
+    init_logging(cli.log_format, cli.is_client());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("loggregator: starting the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the error and its causes, joined by ": ", without a backtrace.
+            eprintln!("loggregator: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The components log to stdout at `info`; client commands, whose stdout is their output, log
+/// warnings only, to stderr. Colour codes only when that stream is a terminal (a file or a pipe
+/// gets plain text), or one JSON object a line with `--log-format json`.
+fn init_logging(format: cli::LogFormat, client: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| if client { "warn" } else { "info" }.into());
+    let (writer, terminal) = if client {
+        (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal())
+    } else {
+        (BoxMakeWriter::new(std::io::stdout), std::io::stdout().is_terminal())
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        cli::LogFormat::Text => builder.with_ansi(terminal).init(),
+        cli::LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
