@@ -304,10 +304,10 @@ async fn run_all(metrics_addr: SocketAddr, demo: bool) -> anyhow::Result<()> {
     }
     let demo_stop = tokio_util::sync::CancellationToken::new();
     if demo {
-        tokio::spawn(crate::demo::run(pipeline.endpoints().agent_grpc, demo_stop.clone()));
-        let apps: Vec<&str> = crate::demo::APPS.iter().map(|(app, _)| *app).collect();
+        tokio::spawn(loggregator::demo::run(pipeline.endpoints().agent_grpc, demo_stop.clone()));
+        let apps: Vec<&str> = loggregator::demo::APPS.iter().map(|(app, _)| *app).collect();
         println!();
-        println!("demo traffic: apps {} and a noisy {}; try", apps.join(", "), crate::demo::NOISY_APP);
+        println!("demo traffic: apps {} and a noisy {}; try", apps.join(", "), loggregator::demo::NOISY_APP);
         println!("  loggregator logs checkout        (Ctrl-C to stop)");
         println!("  loggregator tail checkout -t gauge -f");
         println!("  loggregator top");

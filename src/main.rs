@@ -6,7 +6,6 @@
 
 mod cli;
 mod client;
-mod demo;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
