@@ -51,7 +51,7 @@ async fn demo_traffic_fills_every_view() {
             .iter()
             .filter(|e| e["log"]["type"] == "ERR")
             .filter_map(|e| e["log"]["payload"].as_str())
-            .filter_map(|p| base64_decode(p))
+            .filter_map(base64_decode)
             .filter(|text| text.lines().count() >= 3)
             .count();
         if instances.len() == 3 && err_traces > 0 && batch.len() > 50 {
