@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use plumbing::telemetry::Health;
 use plumbing::tls::TlsFiles;
 use plumbing::Registry;
 use serde::de::DeserializeOwned;
@@ -233,6 +234,16 @@ struct TrafficControllerArgs {
     allow_unauthenticated_public: bool,
 }
 
+/// Completes on SIGINT or SIGTERM, after turning `/health` to draining: a Kubernetes readiness
+/// probe then takes the pod out of its Service while the component drains.
+pub fn draining(registry: &Registry) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let registry = registry.clone();
+    async move {
+        crate::shutdown_signal().await;
+        registry.set_health(Health::Draining);
+    }
+}
+
 /// Reads a component's TOML config, or its defaults when no file is given.
 fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     let Some(path) = path else { return Ok(T::default()) };
@@ -354,7 +365,8 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let token = tokio_util::sync::CancellationToken::new();
     let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
     let agent = agent::Agent::bind(config, &registry.scoped("agent")).await?;
-    agent.serve(crate::shutdown_signal()).await?;
+    registry.set_health(Health::Ready);
+    agent.serve(draining(&registry)).await?;
     token.cancel();
     let _ = metrics.await;
     Ok(())
@@ -376,7 +388,8 @@ async fn run_doppler(args: DopplerArgs) -> anyhow::Result<()> {
     let token = tokio_util::sync::CancellationToken::new();
     let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
     let doppler = doppler::Doppler::bind(config, &registry.scoped("doppler")).await?;
-    doppler.serve(crate::shutdown_signal()).await?;
+    registry.set_health(Health::Ready);
+    doppler.serve(draining(&registry)).await?;
     token.cancel();
     let _ = metrics.await;
     Ok(())
@@ -420,7 +433,8 @@ async fn run_log_cache(args: LogCacheArgs) -> anyhow::Result<()> {
     let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
     // log-cache adds its own `component="log-cache"`.
     let log_cache = log_cache::LogCache::bind(config, &registry).await?;
-    log_cache.serve(crate::shutdown_signal()).await?;
+    registry.set_health(Health::Ready);
+    log_cache.serve(draining(&registry)).await?;
     token.cancel();
     let _ = metrics.await;
     Ok(())
@@ -465,7 +479,8 @@ async fn run_traffic_controller(args: TrafficControllerArgs) -> anyhow::Result<(
     let token = tokio_util::sync::CancellationToken::new();
     let (_, metrics) = spawn_metrics(args.common.metrics_addr, registry.clone(), token.clone()).await?;
     let tc = traffic_controller::TrafficController::bind(config, &registry).await?;
-    tc.serve(crate::shutdown_signal()).await?;
+    registry.set_health(Health::Ready);
+    tc.serve(draining(&registry)).await?;
     token.cancel();
     let _ = metrics.await;
     Ok(())

@@ -77,6 +77,21 @@ pub struct Registry {
     families: Arc<Mutex<BTreeMap<String, Family>>>,
     /// Labels added to every metric registered through this handle.
     const_labels: Vec<(String, String)>,
+    /// What `/health` answers; shared by every scoped handle.
+    health: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// A process's state as `/health` reports it (Kubernetes readiness and liveness probes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    /// Listeners not bound yet: 503 `{"status":"starting"}`.
+    Starting = 0,
+    /// Every component serves: 200 `{"status":"ready"}`.
+    Ready = 1,
+    /// Shutting down (SIGTERM): 503 `{"status":"draining"}`, so a load balancer stops sending
+    /// new work while what is in flight drains.
+    Draining = 2,
 }
 
 impl Registry {
@@ -90,7 +105,20 @@ impl Registry {
         let mut const_labels = self.const_labels.clone();
         const_labels.retain(|(name, _)| name != "component");
         const_labels.push(("component".to_string(), component.to_string()));
-        Self { families: Arc::clone(&self.families), const_labels }
+        Self { families: Arc::clone(&self.families), const_labels, health: Arc::clone(&self.health) }
+    }
+
+    /// Sets what `/health` answers.
+    pub fn set_health(&self, health: Health) {
+        self.health.store(health as u8, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(std::sync::atomic::Ordering::Acquire) {
+            1 => Health::Ready,
+            2 => Health::Draining,
+            _ => Health::Starting,
+        }
     }
 
     /// Registers (or finds) the counter `name` with `labels`.
@@ -199,7 +227,8 @@ pub fn parse_exposition(text: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+/// Serves `GET /metrics` and `GET /health` (200 once the process's components serve, 503 before
+/// and while draining; see [`Health`]) on `listener` until `shutdown` completes.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     registry: Registry,
@@ -207,13 +236,29 @@ pub async fn serve_metrics(
 ) -> std::io::Result<()> {
     // A scrape is one short request; the defaults bound what a silent or flooding peer can hold.
     let metrics = crate::http_server::HttpMetrics::register(&registry, "metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], registry.render()) }
-        }),
-    );
+    let health = registry.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], registry.render()) }
+            }),
+        )
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let state = health.health();
+                async move {
+                    let (status, body) = match state {
+                        Health::Ready => (axum::http::StatusCode::OK, r#"{"status":"ready"}"#),
+                        Health::Starting => (axum::http::StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"starting"}"#),
+                        Health::Draining => (axum::http::StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#),
+                    };
+                    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], format!("{body}\n"))
+                }
+            }),
+        );
     crate::http_server::serve(listener, None, app, crate::http_server::HttpLimits::default(), metrics, shutdown).await
 }
 
