@@ -9,7 +9,7 @@
 //! share most of them: each subquery keeps the inner results of the instants still in its range and
 //! evaluates only the new ones, which makes a range query over a subquery cost what Prometheus' does
 //! (one inner evaluation per distinct instant) rather than one per instant and step. Every inner
-//! evaluation is charged one sample plus its result, and every point of the range vector assembled
+//! evaluation is charged four samples plus its result (see [`SUBQUERY_STEP_COST`]), and every point of the range vector assembled
 //! at a step is charged as a matrix selector's are.
 
 use std::borrow::Cow;
@@ -104,6 +104,11 @@ impl Deadline {
         }
     }
 }
+
+/// What one inner step of a subquery is charged, in samples: its entry in the subquery's map of
+/// steps takes about 64 bytes, four samples' worth (a sample is 16), so that the budget bounds
+/// memory even when every step selects nothing.
+const SUBQUERY_STEP_COST: usize = 4;
 
 /// Evaluation state shared by every step of one query.
 pub(crate) struct Evaluator<'a> {
@@ -334,8 +339,8 @@ impl<'a> Evaluator<'a> {
         let mut ts = first;
         while ts <= end {
             if let std::collections::btree_map::Entry::Vacant(slot) = steps.entry(ts) {
-                // The step itself costs a sample, so that an inside that selects nothing is bounded too.
-                self.budget.charge(1)?;
+                // The step itself is charged, so that an inside that selects nothing is bounded too.
+                self.budget.charge(SUBQUERY_STEP_COST)?;
                 let samples = self.eval_vector(&subquery.expr, ts)?;
                 self.budget.charge(samples.len())?;
                 slot.insert(samples);

@@ -1142,10 +1142,15 @@ fn a_subquery_reads_the_data_its_steps_need() {
 fn subqueries_are_charged_per_step_and_bounded() {
     let source = Arc::new(FakeSource::default());
     let engine = Engine::new(source, Duration::from_secs(10), 10_000);
-    // 86 400 steps of an inside that selects nothing still cost a sample each.
+    // 86 400 steps cost four samples each, whatever they select.
     let err = error_of(engine.instant_query("count_over_time(vector(1)[1d:1s])", &at(0)));
     assert_eq!(err, PromQLError::TooManySamples);
-    assert_eq!(single(&engine, "count_over_time(vector(1)[30m:1s])", 0), 1801.0);
+    // 601 steps: 4 + 1 each, and the 601 points of the range vector: 3606 samples.
+    assert_eq!(single(&engine, "count_over_time(vector(1)[10m:1s])", 0), 601.0);
+    let source = Arc::new(FakeSource::default());
+    let engine = Engine::new(source, Duration::from_secs(10), 3605);
+    let err = error_of(engine.instant_query("count_over_time(vector(1)[10m:1s])", &at(0)));
+    assert_eq!(err, PromQLError::TooManySamples);
 }
 
 #[test]
