@@ -127,7 +127,7 @@ fn generate() -> Vec<GeneratedSeries> {
     }
 
     // Broken histograms: counts that dip, no +Inf bucket, one bound written twice, a bucket with
-    // an unparsable bound, and no observations at all.
+    // an unparsable bound, no observations at all, NaN counts, and negative bounds.
     let constant = |v: f64| vec![Some(v); POINTS];
     for (le, v) in [("0.5", 4.0), ("1", 2.0), ("2", 8.0), ("+Inf", 9.0)] {
         out.push(series("broken_bucket", &[("source_id", "app"), ("case", "dip"), ("le", le)], constant(v)));
@@ -140,6 +140,9 @@ fn generate() -> Vec<GeneratedSeries> {
     }
     for (le, v) in [("1", 0.0), ("+Inf", 0.0)] {
         out.push(series("broken_bucket", &[("source_id", "app"), ("case", "empty"), ("le", le)], constant(v)));
+    }
+    for (le, v) in [("0.5", f64::NAN), ("1", 3.0), ("+Inf", f64::NAN)] {
+        out.push(series("broken_bucket", &[("source_id", "app"), ("case", "nan"), ("le", le)], constant(v)));
     }
     for (le, v) in [("-1", 2.0), ("0", 5.0), ("+Inf", 10.0)] {
         out.push(series("broken_bucket", &[("source_id", "app"), ("case", "negative"), ("le", le)], constant(v)));
