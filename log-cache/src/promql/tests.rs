@@ -1406,3 +1406,35 @@ fn every_kind_of_nesting_fits_a_test_thread_stack_at_the_bound() {
         assert!(result.is_ok(), "{}…: {result:?}", &query[..40]);
     }
 }
+
+/// Behind auth the query is printed again after its source ids are rewritten (`query_auth`): the
+/// printed text of every new feature must mean what the original meant.
+#[test]
+fn printed_queries_evaluate_as_the_originals() {
+    let engine = engine(vec![
+        gauge_tagged("app", "0", 0.0, &[("x", 1.5)], &[("path", r#"/v1/"q"\d"#)]),
+        gauge_tagged("app", "0", 30.0, &[("x", 4.0)], &[("path", r#"/v1/"q"\d"#)]),
+    ]);
+    for query in [
+        r#"max_over_time(x{source_id="app"}[2m:15s] offset 10s)"#,
+        &format!(r#"max_over_time(x{{source_id="app"}}[2m:] @ {})"#, T0 + 40),
+        r#"label_replace(x{source_id="app"}, "v", "<$1>", "path", "/v1/\"(.*)\"\\\\d")"#,
+        r#"label_join(x{source_id="app"}, "j", "\t", "path", "source_id")"#,
+        r#"count_values("v", x{source_id="app"})"#,
+        r#"quantile_over_time(0.5, x{source_id="app"}[1m])"#,
+        r#"double_exponential_smoothing(x{source_id="app"}[1m], 0.5, 0.5)"#,
+        r#"x{source_id="app"} atan2 2"#,
+        r#"absent(nope{source_id="app", zone="a"})"#,
+    ] {
+        let printed = promql_parser::parser::parse(query).expect("parses").to_string();
+        assert_eq!(
+            instant_vector(&engine, &printed, 40),
+            instant_vector(&engine, query, 40),
+            "{query} printed as {printed}"
+        );
+    }
+    // The regex above does match: the comparison is not of two unchanged vectors.
+    let replace = r#"label_replace(x{source_id="app"}, "v", "<$1>", "path", "/v1/\"(.*)\"\\\\d")"#;
+    let replaced = instant_vector(&engine, replace, 40);
+    assert_eq!(replaced.first().and_then(|(labels, _)| labels.get("v")).map(String::as_str), Some("<q>"));
+}
