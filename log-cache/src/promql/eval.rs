@@ -3,15 +3,32 @@
 //! A range query evaluates the same tree once per step. Selectors borrow their loaded series, so a
 //! matrix selector costs a binary search, not a copy. Every evaluation checks the query deadline and
 //! charges the samples it selects to the query's sample budget.
+//!
+//! A subquery evaluates its inside at the multiples of its step in its range. Those instants are
+//! absolute, so consecutive evaluations (the steps of a range query, or of an enclosing subquery)
+//! share most of them: each subquery keeps the inner results of the instants still in its range and
+//! evaluates only the new ones, which makes a range query over a subquery cost what Prometheus' does
+//! (one inner evaluation per distinct instant) rather than one per instant and step. Every inner
+//! evaluation is charged four samples plus its result (see [`SUBQUERY_STEP_COST`]), and every point of the range vector assembled
+//! at a step is charged as a matrix selector's are.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::f64::consts::PI;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use regex::Regex;
+
+use super::aggregate::{aggregate, AggParam};
+use super::binary::binary;
+use super::calendar::{date_field, go_float_to_int64, DateField};
 use super::functions::{
-    apply_binop, extrapolated_rate, go_max, go_min, instant_value, over_time, round_to_nearest, OverTime,
+    deriv, double_exponential_smoothing, extrapolated_rate, go_max, go_min, instant_value, over_time, predict_linear,
+    quantile, round_to_nearest, sgn, OverTime,
 };
-use super::plan::{AggOp, BinOp, Cardinality, Func, Grouping, Matching, Node, Plan, Selector};
+use super::histogram::{bucket_quantile, Bucket};
+use super::plan::{AggOp, BinOp, Func, Grouping, Matching, Node, Plan, Selector, Subquery};
 use super::series::{Labels, Point};
 use super::PromQLError;
 
@@ -31,10 +48,18 @@ pub(crate) struct Sample {
     pub v: f64,
 }
 
-/// One element of a range vector: the samples of a series inside the selector's range.
+/// One element of a range vector: the samples of a series inside the selector's range (borrowed
+/// from the loaded series), or a subquery's points (computed).
 pub(crate) struct RangeSeries<'a> {
     pub labels: Labels,
-    pub points: &'a [Point],
+    pub points: Cow<'a, [Point]>,
+}
+
+/// A range vector and the range `[start, end]` (ms) it covers, which `rate` and friends extrapolate to.
+pub(crate) struct RangeArg<'a> {
+    series: Vec<RangeSeries<'a>>,
+    start: i64,
+    end: i64,
 }
 
 /// Counts the samples a query touches against its bound.
@@ -80,48 +105,104 @@ impl Deadline {
     }
 }
 
+/// What one inner step of a subquery is charged, in samples: its entry in the subquery's map of
+/// steps takes about 64 bytes, four samples' worth (a sample is 16), so that the budget bounds
+/// memory even when every step selects nothing.
+const SUBQUERY_STEP_COST: usize = 4;
+
 /// Evaluation state shared by every step of one query.
 pub(crate) struct Evaluator<'a> {
-    pub plan: &'a Plan,
-    pub lookback_ms: i64,
-    pub deadline: Deadline,
+    plan: &'a Plan,
+    lookback_ms: i64,
+    deadline: Deadline,
     pub budget: SampleBudget,
+    /// Per subquery, the inner results of the instants of its current range, by instant.
+    subquery_steps: Vec<BTreeMap<i64, Vec<Sample>>>,
 }
 
 impl<'a> Evaluator<'a> {
+    pub fn new(plan: &'a Plan, lookback_ms: i64, deadline: Deadline, budget: SampleBudget) -> Self {
+        let subquery_steps = (0..plan.subqueries).map(|_| BTreeMap::new()).collect();
+        Self { plan, lookback_ms, deadline, budget, subquery_steps }
+    }
+
     /// Evaluates `node` at instant `t` (ms).
     pub fn eval(&mut self, node: &'a Node, t: i64) -> Result<Value<'a>, PromQLError> {
         self.deadline.check()?;
-        Ok(match node {
-            Node::Number(v) => Value::Scalar(*v),
-            Node::String => Value::String,
-            Node::VectorSelector(id) => Value::Vector(self.select_instant(self.selector(*id)?, t)?),
-            Node::MatrixSelector(id) => Value::Matrix(self.select_range(self.selector(*id)?, t)?),
-            Node::Negate(inner) => match self.eval(inner, t)? {
-                Value::Scalar(v) => Value::Scalar(-v),
-                Value::Vector(samples) => Value::Vector(map_values(samples, |v| -v)),
-                _ => return Err(type_error("unary minus", "a scalar or an instant vector")),
-            },
-            Node::Call { func, args } => self.call(*func, args, t)?,
-            Node::Aggregate { op, param, grouping, expr } => {
-                let samples = self.eval_vector(expr, t)?;
-                match op {
-                    AggOp::Topk | AggOp::Bottomk => {
-                        let Some(param) = param else {
-                            return Err(type_error("topk/bottomk", "a parameter"));
-                        };
-                        let k = self.eval_scalar(param, t)?;
-                        Value::Vector(top_k(samples, k, grouping, *op == AggOp::Topk)?)
-                    }
-                    _ => Value::Vector(aggregate(*op, samples, grouping)),
-                }
+        match node {
+            Node::Number(v) => Ok(Value::Scalar(*v)),
+            Node::String(_) => Ok(Value::String),
+            Node::VectorSelector(id) => self.vector_selector(*id, t),
+            Node::MatrixSelector(_) | Node::Subquery(_) => self.matrix(node, t),
+            Node::Negate(inner) => self.negate(inner, t),
+            Node::Call { func, args } => self.call(*func, args, t),
+            Node::Absent { over_time, arg, labels } => self.absent(*over_time, arg, labels, t),
+            Node::LabelReplace { arg, dst, replacement, src, regex } => {
+                self.label_replace(arg, dst, replacement, src, regex, t)
             }
+            Node::LabelJoin { arg, dst, separator, src } => self.label_join(arg, dst, separator, src, t),
+            Node::Aggregate { op, param, grouping, expr } => self.aggregate(*op, param.as_deref(), grouping, expr, t),
             Node::Binary { op, lhs, rhs, return_bool, matching } => {
-                let lhs = self.eval(lhs, t)?;
-                let rhs = self.eval(rhs, t)?;
-                binary(*op, lhs, rhs, *return_bool, matching)?
+                self.binary(*op, lhs, rhs, *return_bool, matching, t)
             }
-        })
+        }
+    }
+
+    // The arms of `eval` are methods of their own, and `eval` returns their results as they are: a
+    // debug build gives a function one stack slot per temporary of every arm, and every level of a
+    // nested query passes through `eval`, whose frame must stay small (see `guard`).
+
+    fn vector_selector(&mut self, id: usize, t: i64) -> Result<Value<'a>, PromQLError> {
+        Ok(Value::Vector(self.select_instant(self.selector(id)?, t)?))
+    }
+
+    fn matrix(&mut self, node: &'a Node, t: i64) -> Result<Value<'a>, PromQLError> {
+        Ok(Value::Matrix(self.eval_range(node, t)?.series))
+    }
+
+    fn negate(&mut self, inner: &'a Node, t: i64) -> Result<Value<'a>, PromQLError> {
+        match self.eval(inner, t)? {
+            Value::Scalar(v) => Ok(Value::Scalar(-v)),
+            Value::Vector(samples) => Ok(Value::Vector(map_values(samples, |v| -v))),
+            _ => Err(type_error("unary minus", "a scalar or an instant vector")),
+        }
+    }
+
+    fn aggregate(
+        &mut self,
+        op: AggOp,
+        param: Option<&'a Node>,
+        grouping: &Grouping,
+        expr: &'a Node,
+        t: i64,
+    ) -> Result<Value<'a>, PromQLError> {
+        let param = match param {
+            None => AggParam::None,
+            Some(Node::String(s)) => AggParam::String(s),
+            Some(node) => AggParam::Scalar(self.eval_scalar(node, t)?),
+        };
+        let samples = self.eval_vector(expr, t)?;
+        Ok(Value::Vector(aggregate(op, param, samples, grouping)?))
+    }
+
+    fn binary(
+        &mut self,
+        op: BinOp,
+        lhs: &'a Node,
+        rhs: &'a Node,
+        return_bool: bool,
+        matching: &Matching,
+        t: i64,
+    ) -> Result<Value<'a>, PromQLError> {
+        let lhs = self.eval(lhs, t)?;
+        let rhs = self.eval(rhs, t)?;
+        binary(op, lhs, rhs, return_bool, matching)
+    }
+
+    fn absent(&mut self, over_time: bool, arg: &'a Node, labels: &Labels, t: i64) -> Result<Value<'a>, PromQLError> {
+        let absent =
+            if over_time { self.eval_range(arg, t)?.series.is_empty() } else { self.eval_vector(arg, t)?.is_empty() };
+        Ok(Value::Vector(if absent { vec![Sample { labels: labels.clone(), v: 1.0 }] } else { Vec::new() }))
     }
 
     fn selector(&self, id: usize) -> Result<&'a Selector, PromQLError> {
@@ -142,9 +223,23 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// A range vector argument: a matrix selector or a subquery.
+    fn eval_range(&mut self, node: &'a Node, t: i64) -> Result<RangeArg<'a>, PromQLError> {
+        match node {
+            Node::MatrixSelector(id) => {
+                let selector = self.selector(*id)?;
+                let end = selector.reference_time(t);
+                let start = end.saturating_sub(selector.range_ms.unwrap_or(0));
+                Ok(RangeArg { series: self.select_range(selector, t)?, start, end })
+            }
+            Node::Subquery(subquery) => self.subquery(subquery, t),
+            _ => Err(type_error("this function", "a range vector")),
+        }
+    }
+
     /// An instant vector selector: per series, the latest sample within the lookback window
-    /// `[t_ref − lookback, t_ref]` (inclusive both ends, as Prometheus 2.x).
-    fn select_instant(&mut self, selector: &'a Selector, t: i64) -> Result<Vec<Sample>, PromQLError> {
+    /// `[t_ref − lookback, t_ref]` (inclusive both ends, as Prometheus 2.x), with its own timestamp.
+    fn select_instant_points(&mut self, selector: &'a Selector, t: i64) -> Result<Vec<(Labels, Point)>, PromQLError> {
         let t_ref = selector.reference_time(t);
         let oldest = t_ref.saturating_sub(self.lookback_ms);
         let mut out = Vec::new();
@@ -152,11 +247,16 @@ impl<'a> Evaluator<'a> {
             let end = series.points.partition_point(|p| p.t <= t_ref);
             let latest = end.checked_sub(1).and_then(|i| series.points.get(i));
             if let Some(point) = latest.filter(|p| p.t >= oldest) {
-                out.push(Sample { labels: series.labels.clone(), v: point.v });
+                out.push((series.labels.clone(), *point));
             }
         }
         self.budget.charge(out.len())?;
         Ok(out)
+    }
+
+    fn select_instant(&mut self, selector: &'a Selector, t: i64) -> Result<Vec<Sample>, PromQLError> {
+        let points = self.select_instant_points(selector, t)?;
+        Ok(points.into_iter().map(|(labels, point)| Sample { labels, v: point.v }).collect())
     }
 
     /// A matrix selector: per series, the samples in `[t_ref − range, t_ref]`; empty series are dropped.
@@ -171,7 +271,7 @@ impl<'a> Evaluator<'a> {
             match series.points.get(start..end) {
                 Some(points) if !points.is_empty() => {
                     touched += points.len();
-                    out.push(RangeSeries { labels: series.labels.clone(), points });
+                    out.push(RangeSeries { labels: series.labels.clone(), points: Cow::Borrowed(points) });
                 }
                 _ => {}
             }
@@ -180,119 +280,441 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
-    fn call(&mut self, func: Func, args: &'a [Node], t: i64) -> Result<Value<'a>, PromQLError> {
-        let range_kernel: Option<RangeKernel> = match func {
-            Func::Rate => Some(|p, start, end| extrapolated_rate(p, start, end, true, true)),
-            Func::Increase => Some(|p, start, end| extrapolated_rate(p, start, end, true, false)),
-            Func::Delta => Some(|p, start, end| extrapolated_rate(p, start, end, false, false)),
-            Func::Irate => Some(|p, _, _| instant_value(p, true)),
-            Func::Idelta => Some(|p, _, _| instant_value(p, false)),
-            Func::AvgOverTime => Some(|p, _, _| over_time(OverTime::Avg, p)),
-            Func::MinOverTime => Some(|p, _, _| over_time(OverTime::Min, p)),
-            Func::MaxOverTime => Some(|p, _, _| over_time(OverTime::Max, p)),
-            Func::SumOverTime => Some(|p, _, _| over_time(OverTime::Sum, p)),
-            Func::CountOverTime => Some(|p, _, _| over_time(OverTime::Count, p)),
-            Func::LastOverTime => Some(|p, _, _| over_time(OverTime::Last, p)),
-            _ => None,
+    /// A subquery at `t`: its inside at every multiple of its step in `[t_ref − range, t_ref]`,
+    /// as a range vector (inclusive both ends, as a matrix selector in Prometheus 2.x).
+    fn subquery(&mut self, subquery: &'a Subquery, t: i64) -> Result<RangeArg<'a>, PromQLError> {
+        let end = subquery.reference_time(t);
+        let start = end.saturating_sub(subquery.range_ms);
+        let step = subquery.step_ms.max(1);
+        // The first multiple of the step at or after the start.
+        let mut first = start.div_euclid(step).saturating_mul(step);
+        if first < start {
+            first = first.saturating_add(step);
+        }
+        let Some(steps) = self.subquery_steps.get_mut(subquery.id) else {
+            return Err(PromQLError::Execution(format!("unknown subquery {}", subquery.id)));
         };
-        if let Some(kernel) = range_kernel {
-            let [Node::MatrixSelector(id)] = args else {
-                return Err(type_error("this function", "a range vector selector"));
-            };
-            let selector = self.selector(*id)?;
-            let range_end = selector.reference_time(t);
-            let range_start = range_end.saturating_sub(selector.range_ms.unwrap_or(0));
-            let out = self
-                .select_range(selector, t)?
-                .into_iter()
-                .filter_map(|series| {
-                    kernel(series.points, range_start, range_end).map(|v| Sample { labels: series.labels, v })
-                })
-                .collect();
-            return Ok(Value::Vector(out));
+        // Instants before this range are not needed again while evaluation moves forward (and are
+        // recomputed, at their cost, if it does not).
+        let mut steps = std::mem::take(steps).split_off(&first);
+        let filled = self.fill_subquery_steps(subquery, &mut steps, first, end, step);
+        let series = filled.and_then(|()| self.subquery_range(&steps, first, end));
+        if let Some(slot) = self.subquery_steps.get_mut(subquery.id) {
+            *slot = steps;
         }
-
-        Ok(match func {
-            Func::Time => Value::Scalar(t as f64 / 1000.0),
-            Func::Vector => {
-                let v = self.optional_scalar_arg(args, 0, f64::NAN, t)?;
-                Value::Vector(vec![Sample { labels: Arc::default(), v }])
-            }
-            Func::Scalar => {
-                let samples = self.first_vector_arg(args, t)?;
-                match samples.as_slice() {
-                    [only] => Value::Scalar(only.v),
-                    _ => Value::Scalar(f64::NAN),
-                }
-            }
-            Func::Abs => Value::Vector(map_values(self.first_vector_arg(args, t)?, f64::abs)),
-            Func::Ceil => Value::Vector(map_values(self.first_vector_arg(args, t)?, f64::ceil)),
-            Func::Floor => Value::Vector(map_values(self.first_vector_arg(args, t)?, f64::floor)),
-            Func::Round => {
-                let samples = self.first_vector_arg(args, t)?;
-                let to_nearest = self.optional_scalar_arg(args, 1, 1.0, t)?;
-                Value::Vector(map_values(samples, |v| round_to_nearest(v, to_nearest)))
-            }
-            Func::Clamp => {
-                let samples = self.first_vector_arg(args, t)?;
-                let min = self.optional_scalar_arg(args, 1, f64::NAN, t)?;
-                let max = self.optional_scalar_arg(args, 2, f64::NAN, t)?;
-                if max < min {
-                    Value::Vector(Vec::new())
-                } else {
-                    Value::Vector(map_values(samples, |v| go_max(min, go_min(max, v))))
-                }
-            }
-            Func::ClampMin => {
-                let samples = self.first_vector_arg(args, t)?;
-                let min = self.optional_scalar_arg(args, 1, f64::NAN, t)?;
-                Value::Vector(map_values(samples, |v| go_max(min, v)))
-            }
-            Func::ClampMax => {
-                let samples = self.first_vector_arg(args, t)?;
-                let max = self.optional_scalar_arg(args, 1, f64::NAN, t)?;
-                Value::Vector(map_values(samples, |v| go_min(max, v)))
-            }
-            // Handled by the range kernels above.
-            Func::Rate
-            | Func::Irate
-            | Func::Increase
-            | Func::Delta
-            | Func::Idelta
-            | Func::AvgOverTime
-            | Func::MinOverTime
-            | Func::MaxOverTime
-            | Func::SumOverTime
-            | Func::CountOverTime
-            | Func::LastOverTime => return Err(type_error("this function", "a range vector")),
-        })
+        Ok(RangeArg { series: series?, start, end })
     }
 
-    fn first_vector_arg(&mut self, args: &'a [Node], t: i64) -> Result<Vec<Sample>, PromQLError> {
-        match args.first() {
-            Some(node) => self.eval_vector(node, t),
-            None => Err(type_error("this function", "an instant vector argument")),
-        }
-    }
-
-    fn optional_scalar_arg(
+    /// The range vector of a subquery's inner results at the instants in `[first, end]`.
+    fn subquery_range(
         &mut self,
-        args: &'a [Node],
-        index: usize,
-        default: f64,
-        t: i64,
-    ) -> Result<f64, PromQLError> {
-        match args.get(index) {
-            Some(node) => self.eval_scalar(node, t),
-            None => Ok(default),
+        steps: &BTreeMap<i64, Vec<Sample>>,
+        first: i64,
+        end: i64,
+    ) -> Result<Vec<RangeSeries<'a>>, PromQLError> {
+        let mut by_labels: BTreeMap<Labels, Vec<Point>> = BTreeMap::new();
+        let mut touched = 0usize;
+        if first <= end {
+            for (&ts, samples) in steps.range(first..=end) {
+                for sample in samples {
+                    by_labels.entry(sample.labels.clone()).or_default().push(Point { t: ts, v: sample.v });
+                }
+                touched += samples.len();
+            }
         }
+        self.budget.charge(touched)?;
+        Ok(by_labels.into_iter().map(|(labels, points)| RangeSeries { labels, points: Cow::Owned(points) }).collect())
+    }
+
+    /// Evaluates the inside of `subquery` at every multiple of `step` in `[first, end]` that
+    /// `steps` does not hold yet.
+    fn fill_subquery_steps(
+        &mut self,
+        subquery: &'a Subquery,
+        steps: &mut BTreeMap<i64, Vec<Sample>>,
+        first: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<(), PromQLError> {
+        let mut ts = first;
+        while ts <= end {
+            if let std::collections::btree_map::Entry::Vacant(slot) = steps.entry(ts) {
+                // The step itself is charged, so that an inside that selects nothing is bounded too.
+                self.budget.charge(SUBQUERY_STEP_COST)?;
+                let samples = self.eval_vector(&subquery.expr, ts)?;
+                self.budget.charge(samples.len())?;
+                slot.insert(samples);
+            }
+            let Some(next) = ts.checked_add(step) else {
+                break;
+            };
+            ts = next;
+        }
+        Ok(())
+    }
+
+    /// A function call. The arguments are evaluated first, and the function applied by
+    /// [`apply_function`] after: the recursion through nested calls then passes only through this
+    /// small frame, which keeps a query at the nesting bound within a 2 MiB stack (see `guard`).
+    fn call(&mut self, func: Func, args: &'a [Node], t: i64) -> Result<Value<'a>, PromQLError> {
+        if let Some(kernel) = RangeKernel::of(func) {
+            return self.range_call(kernel, args, t);
+        }
+        // Of a selector, the timestamps of the selected samples (Prometheus special-cases it too).
+        if let (Func::Timestamp, [Node::VectorSelector(id)]) = (func, args) {
+            let points = self.select_instant_points(self.selector(*id)?, t)?;
+            let samples = points.into_iter().map(|(labels, p)| Sample { labels, v: p.t as f64 / 1000.0 });
+            return Ok(Value::Vector(samples.collect()));
+        }
+        let mut values = Vec::with_capacity(args.len());
+        for arg in args {
+            values.push(self.eval(arg, t)?);
+        }
+        apply_function(func, values, t)
+    }
+
+    /// A function of a range vector, with its scalar parameters.
+    fn range_call(&mut self, kernel: RangeKernel, args: &'a [Node], t: i64) -> Result<Value<'a>, PromQLError> {
+        let (range_node, scalars): (Option<&'a Node>, &'a [Node]) = match (kernel, args) {
+            // `quantile_over_time(φ, range)` is the one whose range comes second.
+            (RangeKernel::Quantile, [q, range]) => (Some(range), std::slice::from_ref(q)),
+            (_, [range, rest @ ..]) => (Some(range), rest),
+            _ => (None, &[]),
+        };
+        let Some(range_node) = range_node else {
+            return Err(type_error("this function", "a range vector argument"));
+        };
+        let mut params = [f64::NAN; 2];
+        for (slot, node) in params.iter_mut().zip(scalars) {
+            *slot = self.eval_scalar(node, t)?;
+        }
+        let range = self.eval_range(range_node, t)?;
+        let mut out = Vec::with_capacity(range.series.len());
+        for series in range.series {
+            if let Some(v) = kernel.apply(&series.points, range.start, range.end, t, params)? {
+                out.push(Sample { labels: series.labels, v });
+            }
+        }
+        Ok(Value::Vector(out))
+    }
+
+    /// `label_replace`: where the anchored `regex` matches the value of `src` (`""` when absent),
+    /// `dst` becomes `replacement` with `$1`, `${name}` expanded (and is removed if that is empty).
+    fn label_replace(
+        &mut self,
+        arg: &'a Node,
+        dst: &str,
+        replacement: &str,
+        src: &str,
+        regex: &Regex,
+        t: i64,
+    ) -> Result<Value<'a>, PromQLError> {
+        let samples = self.eval_vector(arg, t)?;
+        let mut out = Vec::with_capacity(samples.len());
+        for sample in samples {
+            let source = sample.labels.get(src).map_or("", String::as_str);
+            let Some(captures) = regex.captures(source) else {
+                out.push(sample);
+                continue;
+            };
+            let mut value = String::new();
+            captures.expand(replacement, &mut value);
+            self.charge_label_bytes(value.len())?;
+            out.push(Sample { labels: with_label(&sample.labels, dst, value), v: sample.v });
+        }
+        check_unique_labels(&out)?;
+        Ok(Value::Vector(out))
+    }
+
+    /// `label_join`: `dst` becomes the values of `src` (`""` when absent) joined by `separator`
+    /// (and is removed if that is empty).
+    fn label_join(
+        &mut self,
+        arg: &'a Node,
+        dst: &str,
+        separator: &str,
+        src: &[String],
+        t: i64,
+    ) -> Result<Value<'a>, PromQLError> {
+        let samples = self.eval_vector(arg, t)?;
+        let mut out = Vec::with_capacity(samples.len());
+        for sample in samples {
+            let values: Vec<&str> = src.iter().map(|name| sample.labels.get(name).map_or("", String::as_str)).collect();
+            let value = values.join(separator);
+            self.charge_label_bytes(value.len())?;
+            out.push(Sample { labels: with_label(&sample.labels, dst, value), v: sample.v });
+        }
+        check_unique_labels(&out)?;
+        Ok(Value::Vector(out))
+    }
+
+    /// A label value built by a query can be far larger than the query (`$1` repeated): its bytes
+    /// are charged as samples, 16 bytes (a sample's size) each, so that memory stays bounded.
+    fn charge_label_bytes(&mut self, bytes: usize) -> Result<(), PromQLError> {
+        self.budget.charge(bytes / 16)
     }
 }
 
-/// A function of the samples of a range and the range's `[start, end]` (ms).
-type RangeKernel = fn(&[Point], i64, i64) -> Option<f64>;
+/// Applies a function that takes no range vector to its evaluated arguments.
+fn apply_function<'a>(func: Func, values: Vec<Value<'a>>, t: i64) -> Result<Value<'a>, PromQLError> {
+    let mut args = values.into_iter();
+    let math: Option<fn(f64) -> f64> = match func {
+        Func::Abs => Some(f64::abs),
+        Func::Ceil => Some(f64::ceil),
+        Func::Floor => Some(f64::floor),
+        Func::Exp => Some(f64::exp),
+        Func::Ln => Some(f64::ln),
+        Func::Log2 => Some(f64::log2),
+        Func::Log10 => Some(f64::log10),
+        Func::Sqrt => Some(f64::sqrt),
+        Func::Sgn => Some(sgn),
+        Func::Acos => Some(f64::acos),
+        Func::Acosh => Some(f64::acosh),
+        Func::Asin => Some(f64::asin),
+        Func::Asinh => Some(f64::asinh),
+        Func::Atan => Some(f64::atan),
+        Func::Atanh => Some(f64::atanh),
+        Func::Cos => Some(f64::cos),
+        Func::Cosh => Some(f64::cosh),
+        Func::Sin => Some(f64::sin),
+        Func::Sinh => Some(f64::sinh),
+        Func::Tan => Some(f64::tan),
+        Func::Tanh => Some(f64::tanh),
+        Func::Deg => Some(|v| v * 180.0 / PI),
+        Func::Rad => Some(|v| v * PI / 180.0),
+        _ => None,
+    };
+    if let Some(f) = math {
+        return Ok(Value::Vector(map_values(next_vector(&mut args)?, f)));
+    }
+    if let Some(field) = date_field_of(func) {
+        // Without an argument, the date of the evaluation instant (`vector(time())`).
+        if args.len() == 0 {
+            let v = date_field(field, t / 1000);
+            return Ok(Value::Vector(vec![Sample { labels: Arc::default(), v }]));
+        }
+        let samples = next_vector(&mut args)?;
+        return Ok(Value::Vector(map_values(samples, |v| date_field(field, go_float_to_int64(v)))));
+    }
 
-fn type_error(what: &str, expected: &str) -> PromQLError {
+    Ok(match func {
+        Func::Time => Value::Scalar(t as f64 / 1000.0),
+        Func::Pi => Value::Scalar(PI),
+        Func::Vector => {
+            let v = next_scalar(&mut args, f64::NAN)?;
+            Value::Vector(vec![Sample { labels: Arc::default(), v }])
+        }
+        Func::Scalar => match next_vector(&mut args)?.as_slice() {
+            [only] => Value::Scalar(only.v),
+            _ => Value::Scalar(f64::NAN),
+        },
+        // Of anything but a selector (see `Evaluator::call`), the evaluation instant.
+        Func::Timestamp => {
+            let now = t as f64 / 1000.0;
+            Value::Vector(map_values(next_vector(&mut args)?, |_| now))
+        }
+        Func::Round => {
+            let samples = next_vector(&mut args)?;
+            let to_nearest = next_scalar(&mut args, 1.0)?;
+            Value::Vector(map_values(samples, |v| round_to_nearest(v, to_nearest)))
+        }
+        Func::Clamp => {
+            let samples = next_vector(&mut args)?;
+            let min = next_scalar(&mut args, f64::NAN)?;
+            let max = next_scalar(&mut args, f64::NAN)?;
+            if max < min {
+                Value::Vector(Vec::new())
+            } else {
+                Value::Vector(map_values(samples, |v| go_max(min, go_min(max, v))))
+            }
+        }
+        Func::ClampMin => {
+            let samples = next_vector(&mut args)?;
+            let min = next_scalar(&mut args, f64::NAN)?;
+            Value::Vector(map_values(samples, |v| go_max(min, v)))
+        }
+        Func::ClampMax => {
+            let samples = next_vector(&mut args)?;
+            let max = next_scalar(&mut args, f64::NAN)?;
+            Value::Vector(map_values(samples, |v| go_min(max, v)))
+        }
+        Func::Sort | Func::SortDesc => {
+            let mut samples = next_vector(&mut args)?;
+            let descending = func == Func::SortDesc;
+            // NaN last either way; the sort is stable, so equal values keep label order.
+            samples.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                (false, false) if descending => b.v.total_cmp(&a.v),
+                (false, false) => a.v.total_cmp(&b.v),
+            });
+            Value::Vector(samples)
+        }
+        Func::HistogramQuantile => {
+            let q = next_scalar(&mut args, f64::NAN)?;
+            Value::Vector(histogram_quantile(q, next_vector(&mut args)?))
+        }
+        _ => return Err(type_error("this function", "a range vector")),
+    })
+}
+
+/// The next argument, which must be an instant vector.
+fn next_vector(args: &mut std::vec::IntoIter<Value<'_>>) -> Result<Vec<Sample>, PromQLError> {
+    match args.next() {
+        Some(Value::Vector(samples)) => Ok(samples),
+        _ => Err(type_error("this function", "an instant vector argument")),
+    }
+}
+
+/// The next argument, which must be a scalar, or `default` when there are no more.
+fn next_scalar(args: &mut std::vec::IntoIter<Value<'_>>, default: f64) -> Result<f64, PromQLError> {
+    match args.next() {
+        None => Ok(default),
+        Some(Value::Scalar(v)) => Ok(v),
+        Some(_) => Err(type_error("this argument", "a scalar")),
+    }
+}
+
+/// The functions of one range vector's series, each a kernel over the samples of one series.
+#[derive(Debug, Clone, Copy)]
+enum RangeKernel {
+    Rate,
+    Increase,
+    Delta,
+    Irate,
+    Idelta,
+    Deriv,
+    PredictLinear,
+    DoubleExponentialSmoothing,
+    Quantile,
+    OverTime(OverTime),
+}
+
+impl RangeKernel {
+    fn of(func: Func) -> Option<Self> {
+        Some(match func {
+            Func::Rate => Self::Rate,
+            Func::Increase => Self::Increase,
+            Func::Delta => Self::Delta,
+            Func::Irate => Self::Irate,
+            Func::Idelta => Self::Idelta,
+            Func::Deriv => Self::Deriv,
+            Func::PredictLinear => Self::PredictLinear,
+            Func::DoubleExponentialSmoothing => Self::DoubleExponentialSmoothing,
+            Func::QuantileOverTime => Self::Quantile,
+            Func::AvgOverTime => Self::OverTime(OverTime::Avg),
+            Func::MinOverTime => Self::OverTime(OverTime::Min),
+            Func::MaxOverTime => Self::OverTime(OverTime::Max),
+            Func::SumOverTime => Self::OverTime(OverTime::Sum),
+            Func::CountOverTime => Self::OverTime(OverTime::Count),
+            Func::LastOverTime => Self::OverTime(OverTime::Last),
+            Func::StddevOverTime => Self::OverTime(OverTime::Stddev),
+            Func::StdvarOverTime => Self::OverTime(OverTime::Stdvar),
+            Func::PresentOverTime => Self::OverTime(OverTime::Present),
+            Func::Changes => Self::OverTime(OverTime::Changes),
+            Func::Resets => Self::OverTime(OverTime::Resets),
+            _ => return None,
+        })
+    }
+
+    /// The value for one series whose samples in `[start, end]` are `points`, evaluated at `t`
+    /// with scalar parameters `params`; `None` when the function gives that series no value.
+    fn apply(
+        self,
+        points: &[Point],
+        start: i64,
+        end: i64,
+        t: i64,
+        params: [f64; 2],
+    ) -> Result<Option<f64>, PromQLError> {
+        Ok(match self {
+            Self::Rate => extrapolated_rate(points, start, end, true, true),
+            Self::Increase => extrapolated_rate(points, start, end, true, false),
+            Self::Delta => extrapolated_rate(points, start, end, false, false),
+            Self::Irate => instant_value(points, true),
+            Self::Idelta => instant_value(points, false),
+            Self::Deriv => deriv(points),
+            Self::PredictLinear => predict_linear(points, t, params[0]),
+            Self::DoubleExponentialSmoothing => {
+                double_exponential_smoothing(points, params[0], params[1]).map_err(PromQLError::Execution)?
+            }
+            Self::Quantile => {
+                let mut values: Vec<f64> = points.iter().map(|p| p.v).collect();
+                (!values.is_empty()).then(|| quantile(params[0], &mut values))
+            }
+            Self::OverTime(kind) => over_time(kind, points),
+        })
+    }
+}
+
+fn date_field_of(func: Func) -> Option<DateField> {
+    Some(match func {
+        Func::DayOfMonth => DateField::DayOfMonth,
+        Func::DayOfWeek => DateField::DayOfWeek,
+        Func::DayOfYear => DateField::DayOfYear,
+        Func::DaysInMonth => DateField::DaysInMonth,
+        Func::Hour => DateField::Hour,
+        Func::Minute => DateField::Minute,
+        Func::Month => DateField::Month,
+        Func::Year => DateField::Year,
+        _ => return None,
+    })
+}
+
+/// `histogram_quantile(q, buckets)`: per histogram (the labels less `le`), the `q`-quantile of its
+/// buckets. Samples without a parsable `le` are not buckets and are skipped, as in Prometheus.
+fn histogram_quantile(q: f64, samples: Vec<Sample>) -> Vec<Sample> {
+    let mut index: HashMap<BTreeMap<String, String>, usize> = HashMap::new();
+    let mut histograms: Vec<(BTreeMap<String, String>, Vec<Bucket>)> = Vec::new();
+    for sample in samples {
+        // As Go's `strconv.ParseFloat` reads the decimal forms (`0.5`, `1e3`, `+Inf`).
+        let Some(upper_bound) = sample.labels.get("le").and_then(|le| le.parse::<f64>().ok()) else {
+            continue;
+        };
+        let mut labels = (*sample.labels).clone();
+        labels.remove("le");
+        let bucket = Bucket { upper_bound, count: sample.v };
+        match index.get(&labels) {
+            Some(&slot) => {
+                if let Some((_, buckets)) = histograms.get_mut(slot) {
+                    buckets.push(bucket);
+                }
+            }
+            None => {
+                index.insert(labels.clone(), histograms.len());
+                histograms.push((labels, vec![bucket]));
+            }
+        }
+    }
+    histograms
+        .into_iter()
+        .map(|(labels, mut buckets)| Sample { labels: Arc::new(labels), v: bucket_quantile(q, &mut buckets) })
+        .collect()
+}
+
+/// `labels` with `name` set to `value`, or removed when `value` is empty.
+fn with_label(labels: &Labels, name: &str, value: String) -> Labels {
+    let mut labels = (**labels).clone();
+    if value.is_empty() {
+        labels.remove(name);
+    } else {
+        labels.insert(name.to_owned(), value);
+    }
+    Arc::new(labels)
+}
+
+/// Prometheus refuses a function result in which two samples have the same labels.
+fn check_unique_labels(samples: &[Sample]) -> Result<(), PromQLError> {
+    let mut seen: HashSet<&Labels> = HashSet::with_capacity(samples.len());
+    if samples.iter().all(|s| seen.insert(&s.labels)) {
+        Ok(())
+    } else {
+        Err(PromQLError::Execution("vector cannot contain metrics with the same labelset".to_owned()))
+    }
+}
+
+pub(crate) fn type_error(what: &str, expected: &str) -> PromQLError {
     PromQLError::Execution(format!("{what} expects {expected}"))
 }
 
@@ -301,301 +723,4 @@ fn map_values(mut samples: Vec<Sample>, f: impl Fn(f64) -> f64) -> Vec<Sample> {
         sample.v = f(sample.v);
     }
     samples
-}
-
-// === aggregation ===
-
-/// The labels of `labels` that identify its group.
-fn group_labels(labels: &BTreeMap<String, String>, grouping: &Grouping) -> BTreeMap<String, String> {
-    match grouping {
-        Grouping::By(names) => {
-            labels.iter().filter(|(name, _)| names.contains(name)).map(|(k, v)| (k.clone(), v.clone())).collect()
-        }
-        Grouping::Without(names) => labels
-            .iter()
-            .filter(|(name, _)| !names.contains(name) && name.as_str() != "__name__")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    }
-}
-
-/// Running state of one group of `sum`, `avg`, `min`, `max` or `count`.
-struct Accumulator {
-    labels: BTreeMap<String, String>,
-    sum: f64,
-    count: usize,
-    min: f64,
-    max: f64,
-}
-
-/// `sum`, `avg`, `min`, `max`, `count`; groups come out in order of first appearance.
-fn aggregate(op: AggOp, samples: Vec<Sample>, grouping: &Grouping) -> Vec<Sample> {
-    let mut index: HashMap<BTreeMap<String, String>, usize> = HashMap::new();
-    let mut groups: Vec<Accumulator> = Vec::new();
-    for sample in samples {
-        let key = group_labels(&sample.labels, grouping);
-        let slot = *index.entry(key).or_insert_with_key(|key| {
-            groups.push(Accumulator { labels: key.clone(), sum: 0.0, count: 0, min: f64::NAN, max: f64::NAN });
-            groups.len() - 1
-        });
-        let Some(group) = groups.get_mut(slot) else {
-            continue;
-        };
-        group.sum += sample.v;
-        group.count += 1;
-        // As Prometheus: NaN only wins when every value of the group is NaN.
-        if sample.v < group.min || group.min.is_nan() {
-            group.min = sample.v;
-        }
-        if sample.v > group.max || group.max.is_nan() {
-            group.max = sample.v;
-        }
-    }
-    groups
-        .into_iter()
-        .map(|group| {
-            let v = match op {
-                AggOp::Sum => group.sum,
-                AggOp::Avg => group.sum / group.count as f64,
-                AggOp::Min => group.min,
-                AggOp::Max => group.max,
-                AggOp::Count => group.count as f64,
-                // Not accumulated; `top_k` handles them.
-                AggOp::Topk | AggOp::Bottomk => f64::NAN,
-            };
-            Sample { labels: Arc::new(group.labels), v }
-        })
-        .collect()
-}
-
-/// `topk` (`largest`) and `bottomk`: per group, the `k` samples with the largest (smallest) values,
-/// in that order, with their own labels. NaN sorts last either way; `k < 1` selects nothing.
-fn top_k(samples: Vec<Sample>, k: f64, grouping: &Grouping, largest: bool) -> Result<Vec<Sample>, PromQLError> {
-    if k.is_nan() {
-        return Err(PromQLError::Execution("parameter value is NaN".to_owned()));
-    }
-    if k < 1.0 {
-        return Ok(Vec::new());
-    }
-    // Saturating float-to-int conversion; `k` is positive and no group is larger than `usize::MAX`.
-    let k = k as usize;
-    let mut index: HashMap<BTreeMap<String, String>, usize> = HashMap::new();
-    let mut groups: Vec<Vec<Sample>> = Vec::new();
-    for sample in samples {
-        let key = group_labels(&sample.labels, grouping);
-        let slot = *index.entry(key).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        if let Some(group) = groups.get_mut(slot) {
-            group.push(sample);
-        }
-    }
-    let mut out = Vec::new();
-    for mut group in groups {
-        group.sort_by(|a, b| {
-            let order = match (a.v.is_nan(), b.v.is_nan()) {
-                (true, true) => std::cmp::Ordering::Equal,
-                (true, false) => return std::cmp::Ordering::Greater,
-                (false, true) => return std::cmp::Ordering::Less,
-                (false, false) => a.v.total_cmp(&b.v),
-            };
-            if largest {
-                order.reverse()
-            } else {
-                order
-            }
-        });
-        group.truncate(k);
-        out.extend(group);
-    }
-    Ok(out)
-}
-
-// === binary operators ===
-
-fn binary<'a>(
-    op: BinOp,
-    lhs: Value<'a>,
-    rhs: Value<'a>,
-    return_bool: bool,
-    matching: &Matching,
-) -> Result<Value<'a>, PromQLError> {
-    let to_bool = |keep: bool| if keep { 1.0 } else { 0.0 };
-    Ok(match (lhs, rhs) {
-        (Value::Scalar(l), Value::Scalar(r)) => {
-            let (v, keep) = apply_binop(op, l, r);
-            // The parser only accepts comparisons of scalars with `bool`.
-            Value::Scalar(if op.is_comparison() { to_bool(keep) } else { v })
-        }
-        (Value::Vector(l), Value::Scalar(r)) => Value::Vector(vector_scalar(op, l, r, false, return_bool)),
-        (Value::Scalar(l), Value::Vector(r)) => Value::Vector(vector_scalar(op, r, l, true, return_bool)),
-        (Value::Vector(l), Value::Vector(r)) => Value::Vector(match op {
-            BinOp::And => vector_and(l, r, matching),
-            BinOp::Or => vector_or(l, r, matching),
-            BinOp::Unless => vector_unless(l, r, matching),
-            _ => vector_vector(op, l, r, return_bool, matching)?,
-        }),
-        _ => return Err(type_error("a binary operator", "scalars or instant vectors on both sides")),
-    })
-}
-
-/// A vector and a scalar; `scalar_on_left` when the query reads `scalar op vector`. Comparisons keep
-/// the vector's value, whichever side it is on.
-fn vector_scalar(op: BinOp, samples: Vec<Sample>, scalar: f64, scalar_on_left: bool, return_bool: bool) -> Vec<Sample> {
-    samples
-        .into_iter()
-        .filter_map(|sample| {
-            let (l, r) = if scalar_on_left { (scalar, sample.v) } else { (sample.v, scalar) };
-            let (mut v, mut keep) = apply_binop(op, l, r);
-            if op.is_comparison() {
-                v = sample.v;
-            }
-            if return_bool {
-                v = if keep { 1.0 } else { 0.0 };
-                keep = true;
-            }
-            keep.then_some(Sample { labels: sample.labels, v })
-        })
-        .collect()
-}
-
-/// The (name, value) pairs two samples must share to match.
-type Signature<'l> = Vec<(&'l str, &'l str)>;
-
-/// The matching signature of a label set: the `on` labels, or all but the `ignoring` labels.
-fn signature<'l>(labels: &'l BTreeMap<String, String>, matching: &Matching) -> Signature<'l> {
-    labels
-        .iter()
-        .filter(|(name, _)| {
-            if matching.on {
-                matching.labels.contains(name)
-            } else {
-                !matching.labels.contains(name) && name.as_str() != "__name__"
-            }
-        })
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
-}
-
-fn format_labels(labels: &BTreeMap<String, String>) -> String {
-    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-    format!("{{{}}}", pairs.join(", "))
-}
-
-/// One-to-one, many-to-one (`group_left`) and one-to-many (`group_right`) matching, as Prometheus'
-/// `VectorBinop`.
-fn vector_vector(
-    op: BinOp,
-    lhs: Vec<Sample>,
-    rhs: Vec<Sample>,
-    return_bool: bool,
-    matching: &Matching,
-) -> Result<Vec<Sample>, PromQLError> {
-    // The right side is always the "one" side below; one-to-many swaps the sides and the operands.
-    let swapped = matches!(matching.card, Cardinality::OneToMany(_));
-    let (many, one) = if swapped { (rhs, lhs) } else { (lhs, rhs) };
-    let include: &[String] = match &matching.card {
-        Cardinality::ManyToOne(labels) | Cardinality::OneToMany(labels) => labels,
-        Cardinality::OneToOne | Cardinality::ManyToMany => &[],
-    };
-    let one_to_one = matches!(matching.card, Cardinality::OneToOne | Cardinality::ManyToMany);
-
-    let mut one_side: HashMap<Signature<'_>, &Sample> = HashMap::new();
-    for sample in &one {
-        let sig = signature(&sample.labels, matching);
-        if let Some(previous) = one_side.get(&sig) {
-            let side = if swapped { "left" } else { "right" };
-            return Err(PromQLError::Execution(format!(
-                "found duplicate series for the match group {} on the {side} hand-side of the \
-                 operation: [{}, {}];many-to-many matching not allowed: matching labels must be \
-                 unique on one side",
-                format_labels(&sig.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()),
-                format_labels(&sample.labels),
-                format_labels(&previous.labels),
-            )));
-        }
-        one_side.insert(sig, sample);
-    }
-
-    let mut matched: HashMap<Signature<'_>, Vec<BTreeMap<String, String>>> = HashMap::new();
-    let mut out = Vec::new();
-    for sample in &many {
-        let sig = signature(&sample.labels, matching);
-        let Some(other) = one_side.get(&sig) else {
-            continue;
-        };
-        let (l, r) = if swapped { (other.v, sample.v) } else { (sample.v, other.v) };
-        let (mut v, keep) = apply_binop(op, l, r);
-        if return_bool {
-            v = if keep { 1.0 } else { 0.0 };
-        } else if !keep {
-            continue;
-        }
-        let labels = result_labels(&sample.labels, &other.labels, matching, one_to_one, include);
-        let seen = matched.entry(sig).or_default();
-        if one_to_one {
-            if !seen.is_empty() {
-                return Err(PromQLError::Execution(
-                    "multiple matches for labels: many-to-one matching must be explicit \
-                     (group_left/group_right)"
-                        .to_owned(),
-                ));
-            }
-        } else if seen.contains(&labels) {
-            return Err(PromQLError::Execution(
-                "multiple matches for labels: grouping labels must ensure unique matches".to_owned(),
-            ));
-        }
-        seen.push(labels.clone());
-        out.push(Sample { labels: Arc::new(labels), v });
-    }
-    Ok(out)
-}
-
-/// Prometheus' `resultMetric`: one-to-one keeps only the `on` labels (or drops the `ignoring`
-/// ones); `group_*` labels are copied from the "one" side.
-fn result_labels(
-    many: &BTreeMap<String, String>,
-    one: &BTreeMap<String, String>,
-    matching: &Matching,
-    one_to_one: bool,
-    include: &[String],
-) -> BTreeMap<String, String> {
-    let mut labels = many.clone();
-    if one_to_one {
-        labels.retain(|name, _| matching.on == matching.labels.contains(name));
-    }
-    for name in include {
-        match one.get(name).filter(|v| !v.is_empty()) {
-            Some(value) => {
-                labels.insert(name.clone(), value.clone());
-            }
-            None => {
-                labels.remove(name);
-            }
-        }
-    }
-    labels
-}
-
-/// `and`: left samples whose signature appears on the right.
-fn vector_and(lhs: Vec<Sample>, rhs: Vec<Sample>, matching: &Matching) -> Vec<Sample> {
-    let right: HashSet<_> = rhs.iter().map(|s| signature(&s.labels, matching)).collect();
-    lhs.into_iter().filter(|s| right.contains(&signature(&s.labels, matching))).collect()
-}
-
-/// `or`: every left sample, then the right samples whose signature does not appear on the left.
-fn vector_or(lhs: Vec<Sample>, rhs: Vec<Sample>, matching: &Matching) -> Vec<Sample> {
-    let left: HashSet<_> = lhs.iter().map(|s| signature(&s.labels, matching)).collect();
-    let extra: Vec<Sample> = rhs.into_iter().filter(|s| !left.contains(&signature(&s.labels, matching))).collect();
-    let mut out = lhs;
-    out.extend(extra);
-    out
-}
-
-/// `unless`: left samples whose signature does not appear on the right.
-fn vector_unless(lhs: Vec<Sample>, rhs: Vec<Sample>, matching: &Matching) -> Vec<Sample> {
-    let right: HashSet<_> = rhs.iter().map(|s| signature(&s.labels, matching)).collect();
-    lhs.into_iter().filter(|s| !right.contains(&signature(&s.labels, matching))).collect()
 }

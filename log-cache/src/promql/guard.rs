@@ -17,8 +17,10 @@ pub const MAX_SOURCES_PER_QUERY: usize = 2000;
 pub const MAX_CHECKED_SOURCES_PER_QUERY: usize = 100;
 
 /// The most operators plus opening parentheses a query may hold.
-/// At this bound a query needs about 1.5 MiB of stack in a debug build (~7 KiB per level), 300 KiB in
-/// release; blocking threads have 2 MiB.
+/// At this bound every kind of nesting (functions, aggregations, subqueries, label functions) fits
+/// a 2 MiB blocking thread in a debug build, which `every_kind_of_nesting_fits_a_test_thread_stack_at_the_bound`
+/// checks; the planner and evaluator keep their recursive frames small for it. Release frames are
+/// several times smaller.
 pub(crate) const MAX_QUERY_NESTING: usize = 200;
 
 /// Rejects a query whose operators and opening parentheses exceed [`MAX_QUERY_NESTING`].

@@ -13,10 +13,9 @@ use super::plan::{Plan, Selector};
 use super::series::{build_series, SeriesFilter};
 use super::{MetricSource, PromQLError, MAX_SOURCES_PER_QUERY};
 
-/// The instants a query is evaluated at, in ms.
+/// What a query's selectors see besides their own windows (planned in `Selector::eval_window_ms`).
 pub(crate) struct QueryWindow {
-    pub start_ms: i64,
-    pub end_ms: i64,
+    /// How far back an instant selector looks, in ms.
     pub lookback_ms: i64,
 }
 
@@ -85,8 +84,10 @@ pub(crate) fn load_series(
 
 /// The envelope timestamps `[start_ns, end_ns]` a selector can see during the query.
 fn selector_window_ns(selector: &Selector, window: &QueryWindow) -> (i64, i64) {
-    let first_ref = selector.reference_time(window.start_ms);
-    let last_ref = selector.reference_time(window.end_ms);
+    // The query's instants, or inside a subquery the instants of its steps.
+    let (first_eval, last_eval) = selector.eval_window_ms;
+    let first_ref = selector.reference_time(first_eval);
+    let last_ref = selector.reference_time(last_eval);
     let reach_ms = selector.range_ms.unwrap_or(window.lookback_ms);
     let start_ms = first_ref.saturating_sub(reach_ms).saturating_sub(1000);
     // Every envelope whose truncated second is at or before `last_ref`.

@@ -17,13 +17,19 @@
 //! - `plan`: syntax tree → evaluation tree; rejects unsupported features and selectors without a
 //!   source id before any read.
 //! - `series`, `load`: envelopes → labelled series, read once per source id.
-//! - `eval`, `functions`: evaluation at one instant, and the numeric kernels.
+//! - `eval`: evaluation at one instant (selectors, subqueries, functions); `aggregate`, `binary`:
+//!   the aggregation and binary operators; `functions`, `histogram`, `calendar`: the numeric kernels
+//!   (range functions, `histogram_quantile`'s buckets, the date functions' Go-compatible calendar).
 //! - `json`: the Prometheus-style HTTP bodies.
 
+mod aggregate;
+mod binary;
+mod calendar;
 mod error;
 mod eval;
 mod functions;
 pub(crate) mod guard;
+mod histogram;
 mod json;
 mod load;
 mod params;
@@ -50,7 +56,7 @@ pub use json::{error_to_json, instant_result_to_json, range_result_to_json};
 use eval::{Deadline, Evaluator, SampleBudget, Value};
 use load::{load_series, QueryWindow};
 use params::{check_range, format_time, now_truncated_to_second_ms, parse_step, parse_time};
-use plan::{AggOp, Node};
+use plan::{AggOp, Func, Node};
 use series::{Labels, Point};
 
 /// Log Cache's query timeout (`QUERY_TIMEOUT`, §6.4).
@@ -94,11 +100,11 @@ impl Engine {
         }
         let mut plan = plan::plan(&expr, t, t)?;
         let mut budget = SampleBudget::new(self.max_samples);
-        let window = QueryWindow { start_ms: t, end_ms: t, lookback_ms: lookback_ms() };
+        let window = QueryWindow { lookback_ms: lookback_ms() };
         load_series(&mut plan, &*self.source, &window, deadline, &mut budget)?;
 
-        let keep_order = is_top_k(&plan.root);
-        let mut evaluator = Evaluator { plan: &plan, lookback_ms: lookback_ms(), deadline, budget };
+        let keep_order = keeps_order(&plan.root);
+        let mut evaluator = Evaluator::new(&plan, lookback_ms(), deadline, budget);
         let result = match evaluator.eval(&plan.root, t)? {
             Value::Scalar(value) => {
                 instant_query_result::Result::Scalar(prom_ql::Scalar { time: format_time(t), value })
@@ -119,7 +125,7 @@ impl Engine {
                 })
             }
             Value::Matrix(series) => instant_query_result::Result::Matrix(prom_ql::Matrix {
-                series: series.into_iter().map(|s| proto_series(&s.labels, s.points)).collect(),
+                series: series.into_iter().map(|s| proto_series(&s.labels, &s.points)).collect(),
             }),
             Value::String => {
                 return Err(PromQLError::BadQuery("string results are not supported by log-cache".to_owned()))
@@ -158,10 +164,10 @@ impl Engine {
         }
         let mut plan = plan::plan(&expr, start_ms, end_ms)?;
         let mut budget = SampleBudget::new(self.max_samples);
-        let window = QueryWindow { start_ms, end_ms, lookback_ms: lookback_ms() };
+        let window = QueryWindow { lookback_ms: lookback_ms() };
         load_series(&mut plan, &*self.source, &window, deadline, &mut budget)?;
 
-        let mut evaluator = Evaluator { plan: &plan, lookback_ms: lookback_ms(), deadline, budget };
+        let mut evaluator = Evaluator::new(&plan, lookback_ms(), deadline, budget);
         let mut by_labels: BTreeMap<Labels, Vec<Point>> = BTreeMap::new();
         let mut t = start_ms;
         while t <= end_ms {
@@ -212,9 +218,13 @@ fn parse_query(query: &str) -> Result<Expr, PromQLError> {
     }
 }
 
-/// Whether the outermost operation is `topk`/`bottomk`, whose output order is meaningful.
-fn is_top_k(node: &Node) -> bool {
-    matches!(node, Node::Aggregate { op: AggOp::Topk | AggOp::Bottomk, .. })
+/// Whether the outermost operation is `topk`, `bottomk`, `sort` or `sort_desc`, whose output order
+/// is meaningful (an instant query keeps it, as Prometheus does).
+fn keeps_order(node: &Node) -> bool {
+    matches!(
+        node,
+        Node::Aggregate { op: AggOp::Topk | AggOp::Bottomk, .. } | Node::Call { func: Func::Sort | Func::SortDesc, .. }
+    )
 }
 
 fn metric_map(labels: &Labels) -> HashMap<String, String> {

@@ -842,9 +842,10 @@ fn bad_queries_are_bad_data_and_never_panic() {
         r#"foo{source_id="a"}[1e400]"#,
         r#"foo{source_id="a"} offset 1e30"#,
         r#"foo{source_id="a"}[Inf]"#,
-        r#"rate(foo{source_id="a"}[5m:1m])"#,
-        r#"sort(foo{source_id="a"})"#,
-        r#"quantile(0.5, foo{source_id="a"})"#,
+        r#"mad_over_time(foo{source_id="a"}[5m])"#,
+        r#"histogram_count(foo{source_id="a"})"#,
+        r#"limitk(1, foo{source_id="a"})"#,
+        r#"foo{source_id="a"}[5m:1us]"#,
         r#""a string""#,
         r#"foo{source_id="a" or source_id="b"}"#,
         "1 > 2",
@@ -1097,4 +1098,343 @@ fn extreme_ranges_offsets_and_times_do_not_panic() {
         let _ = engine.instant_query(r#"rate(requests{source_id="app"}[5m])"#, time);
         let _ = engine.range_query(r#"requests{source_id="app"}"#, time, time, "1e12");
     }
+}
+
+// === functions added for Grafana's queries (compared with Prometheus in tests/promql_vs_prometheus.rs) ===
+
+fn scalar_at(engine: &Engine, query: &str, offset_secs: i64) -> f64 {
+    match engine.instant_query(query, &at(offset_secs)) {
+        Ok(InstantQueryResult { result: Some(instant_query_result::Result::Scalar(s)) }) => s.value,
+        other => panic!("{query}: expected a scalar, got {other:?}"),
+    }
+}
+
+#[test]
+fn subquery_steps_are_absolute_multiples_of_the_step_inclusive_both_ends() {
+    let engine = engine(Vec::new());
+    // T0 ≡ 5 (mod 15 s), so [T0 + 7 − 1m, T0 + 7] holds the multiples T0 − 50, −35, −20, −5.
+    let q = |f: &str| format!("{f}(timestamp(vector(1))[1m:15s])");
+    assert_eq!(single(&engine, &q("count_over_time"), 7), 4.0);
+    assert_eq!(single(&engine, &q("min_over_time"), 7), (T0 - 50) as f64);
+    assert_eq!(single(&engine, &q("max_over_time"), 7), (T0 - 5) as f64);
+    // At T0 + 10, T0 + 10 itself is a multiple and in the range; T0 − 50 is its start, also in.
+    assert_eq!(single(&engine, &q("count_over_time"), 10), 5.0);
+    // Offset and @ move the range, not the alignment.
+    let offset = "max_over_time(timestamp(vector(1))[1m:15s] offset 1m)";
+    assert_eq!(single(&engine, offset, 7), (T0 - 65) as f64);
+    let pinned = format!("max_over_time(timestamp(vector(1))[1m:15s] @ {})", T0 + 100);
+    assert_eq!(single(&engine, &pinned, 7), (T0 + 100) as f64);
+    // A range shorter than the step can hold no multiple: no series, and no panic.
+    assert!(values(&engine, "count_over_time(vector(1)[5s:1m])", 7).is_empty());
+}
+
+#[test]
+fn a_subquery_reads_the_data_its_steps_need() {
+    // A sample 20 minutes before the query instant: outside the lookback, inside the subquery's range.
+    let (engine, source) = engine_over(vec![gauge("app", "0", -1200.0, &[("cpu", 3.0)])]);
+    assert_eq!(single(&engine, r#"max_over_time(cpu{source_id="app"}[30m:1m])"#, 0), 3.0);
+    let reads = source.reads.lock().expect("reads").clone();
+    // From 30 minutes + the lookback + 1 s before, to the end of the query's second.
+    assert_eq!(reads, vec![("app".to_owned(), ns(-1800.0 - 300.0 - 1.0), ns(1.0) - 1)]);
+}
+
+#[test]
+fn subqueries_are_charged_per_step_and_bounded() {
+    let source = Arc::new(FakeSource::default());
+    let engine = Engine::new(source, Duration::from_secs(10), 10_000);
+    // 86 400 steps cost four samples each, whatever they select.
+    let err = error_of(engine.instant_query("count_over_time(vector(1)[1d:1s])", &at(0)));
+    assert_eq!(err, PromQLError::TooManySamples);
+    // 601 steps: 4 + 1 each, and the 601 points of the range vector: 3606 samples.
+    assert_eq!(single(&engine, "count_over_time(vector(1)[10m:1s])", 0), 601.0);
+    let source = Arc::new(FakeSource::default());
+    let engine = Engine::new(source, Duration::from_secs(10), 3605);
+    let err = error_of(engine.instant_query("count_over_time(vector(1)[10m:1s])", &at(0)));
+    assert_eq!(err, PromQLError::TooManySamples);
+}
+
+#[test]
+fn range_query_over_a_subquery_shares_the_inner_steps() {
+    let engine = engine(vec![gauge("app", "0", 0.0, &[("cpu", 1.0)]), gauge("app", "0", 60.0, &[("cpu", 5.0)])]);
+    let result = engine
+        .range_query(r#"max_over_time(cpu{source_id="app"}[2m:10s])"#, &at(0), &at(300), "30")
+        .expect("range query");
+    let Some(range_query_result::Result::Matrix(matrix)) = result.result else { panic!("matrix") };
+    let values: Vec<f64> = matrix.series.iter().flat_map(|s| s.points.iter().map(|p| p.value)).collect();
+    // The 1 until +60, then 5 for as long as +60 is within the range and the lookback of a step.
+    assert_eq!(values, vec![1.0, 1.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]);
+}
+
+#[test]
+fn stddev_stdvar_and_quantile_over_time() {
+    let engine = engine(vec![
+        gauge("app", "0", 0.0, &[("cpu", 2.0)]),
+        gauge("app", "0", 10.0, &[("cpu", 4.0)]),
+        gauge("app", "0", 20.0, &[("cpu", 4.0)]),
+        gauge("app", "0", 30.0, &[("cpu", 4.0)]),
+        gauge("app", "0", 40.0, &[("cpu", 5.0)]),
+        gauge("app", "0", 50.0, &[("cpu", 5.0)]),
+        gauge("app", "0", 60.0, &[("cpu", 7.0)]),
+        gauge("app", "0", 70.0, &[("cpu", 9.0)]),
+    ]);
+    let q = |f: &str| format!(r#"{f}(cpu{{source_id="app"}}[2m])"#);
+    assert_close(single(&engine, &q("stddev_over_time"), 70), 2.0);
+    assert_close(single(&engine, &q("stdvar_over_time"), 70), 4.0);
+    // Ranks 0..7: φ = 0.5 is rank 3.5, halfway between 4 and 5.
+    assert_eq!(single(&engine, r#"quantile_over_time(0.5, cpu{source_id="app"}[2m])"#, 70), 4.5);
+    assert_eq!(single(&engine, r#"quantile_over_time(0, cpu{source_id="app"}[2m])"#, 70), 2.0);
+    assert_eq!(single(&engine, r#"quantile_over_time(2, cpu{source_id="app"}[2m])"#, 70), f64::INFINITY);
+    assert!(single(&engine, r#"quantile_over_time(NaN, cpu{source_id="app"}[2m])"#, 70).is_nan());
+    // One sample: no spread; a sample alone is every quantile.
+    assert_eq!(single(&engine, &q("stddev_over_time"), 0), 0.0);
+    assert_eq!(single(&engine, r#"quantile_over_time(0.9, cpu{source_id="app"}[2m])"#, 0), 2.0);
+    // No sample in the range: no series.
+    assert!(values(&engine, r#"quantile_over_time(0.5, cpu{source_id="app"}[5s])"#, 76).is_empty());
+}
+
+#[test]
+fn changes_resets_deriv_and_predict_linear() {
+    let engine = engine(vec![
+        gauge("app", "0", 0.0, &[("x", 1.0)]),
+        gauge("app", "0", 10.0, &[("x", 3.0)]),
+        gauge("app", "0", 20.0, &[("x", 3.0)]),
+        gauge("app", "0", 30.0, &[("x", 2.0)]),
+        gauge("app", "0", 40.0, &[("x", f64::NAN)]),
+        gauge("app", "0", 50.0, &[("x", f64::NAN)]),
+    ]);
+    let x = r#"x{source_id="app"}"#;
+    // 1→3, 3→2, 2→NaN; NaN→NaN is no change. Resets: 3→2 only (NaN compares false).
+    assert_eq!(single(&engine, &format!("changes({x}[1m])"), 50), 3.0);
+    assert_eq!(single(&engine, &format!("resets({x}[1m])"), 50), 1.0);
+    // One sample: no changes, and no slope.
+    assert_eq!(single(&engine, &format!("changes({x}[5s])"), 0), 0.0);
+    assert!(values(&engine, &format!("deriv({x}[5s])"), 0).is_empty());
+    assert!(values(&engine, &format!("predict_linear({x}[5s], 60)"), 0).is_empty());
+    // Exactly linear, 0.2 per second: 1 at +0, 3 at +10.
+    assert_close(single(&engine, &format!("deriv({x}[10s])"), 10), 0.2);
+    // The fit's intercept is at the evaluation instant, +10: 3, then 60 s on, 15.
+    assert_close(single(&engine, &format!("predict_linear({x}[10s], 60)"), 10), 15.0);
+    // Constant values fit a flat line exactly.
+    assert_eq!(single(&engine, &format!("deriv({x}[10s])"), 20), 0.0);
+    assert_eq!(single(&engine, &format!("predict_linear({x}[10s], 600)"), 20), 3.0);
+}
+
+#[test]
+fn absent_and_present_over_time() {
+    let engine = engine(vec![gauge("app", "0", 0.0, &[("x", 1.0)])]);
+    let absent = |q: &str| instant_vector(&engine, q, 0);
+    assert!(absent(r#"absent(x{source_id="app"})"#).is_empty());
+    assert_eq!(
+        absent(r#"absent(nope{source_id="app", zone="a"})"#),
+        vec![(labels(&[("source_id", "app"), ("zone", "a")]), 1.0)]
+    );
+    // A label named twice, or by another operator than `=`, is not derived; neither is an empty one.
+    assert_eq!(
+        absent(r#"absent(nope{source_id=~"app|b", zone="a", zone="b", rack!="1", row=""})"#),
+        vec![(BTreeMap::new(), 1.0)]
+    );
+    assert_eq!(absent(r#"absent(sum(nope{source_id="app"}))"#), vec![(BTreeMap::new(), 1.0)]);
+    assert!(absent(r#"absent_over_time(x{source_id="app"}[1m])"#).is_empty());
+    assert_eq!(absent(r#"absent_over_time(nope{source_id="app"}[1m])"#), vec![(labels(&[("source_id", "app")]), 1.0)]);
+    assert_eq!(single(&engine, r#"present_over_time(x{source_id="app"}[1m])"#, 30), 1.0);
+    assert!(values(&engine, r#"present_over_time(x{source_id="app"}[1m])"#, 61).is_empty());
+}
+
+#[test]
+fn new_aggregations() {
+    let engine = three_instances();
+    let cpu = r#"cpu{source_id="app"}"#;
+    assert_eq!(instant_vector(&engine, &format!("group by (zone) ({cpu})"), 0).len(), 2);
+    assert!(values(&engine, &format!("group({cpu})"), 0) == vec![1.0]);
+    // 10, 20, 30: population variance 200/3.
+    assert_close(single(&engine, &format!("stdvar({cpu})"), 0), 200.0 / 3.0);
+    assert_close(single(&engine, &format!("stddev({cpu})"), 0), (200.0f64 / 3.0).sqrt());
+    assert_eq!(single(&engine, &format!("quantile(0.25, {cpu})"), 0), 15.0);
+    assert_eq!(
+        instant_vector(&engine, &format!(r#"count_values("cpu", {cpu} > 15)"#), 0),
+        vec![(labels(&[("cpu", "20")]), 1.0), (labels(&[("cpu", "30")]), 1.0)]
+    );
+    let by_zone = instant_vector(&engine, &format!(r#"count_values by (zone) ("v", {cpu} * 0)"#), 0);
+    assert_eq!(by_zone, vec![(labels(&[("v", "0"), ("zone", "a")]), 2.0), (labels(&[("v", "0"), ("zone", "b")]), 1.0)]);
+    let err = error_of(engine.instant_query(&format!(r#"count_values("not a label", {cpu})"#), &at(0)));
+    assert!(matches!(&err, PromQLError::Execution(m) if m.contains("invalid label name")), "{err}");
+}
+
+#[test]
+fn sort_and_sort_desc_keep_their_order_nan_last() {
+    let engine = engine(vec![
+        gauge("app", "a", 0.0, &[("x", 2.0)]),
+        gauge("app", "b", 0.0, &[("x", f64::NAN)]),
+        gauge("app", "c", 0.0, &[("x", -1.0)]),
+        gauge("app", "d", 0.0, &[("x", 5.0)]),
+    ]);
+    let asc = values(&engine, r#"sort(x{source_id="app"})"#, 0);
+    assert_eq!(&asc[..3], &[-1.0, 2.0, 5.0]);
+    assert!(asc[3].is_nan());
+    let desc = values(&engine, r#"sort_desc(x{source_id="app"})"#, 0);
+    assert_eq!(&desc[..3], &[5.0, 2.0, -1.0]);
+    assert!(desc[3].is_nan());
+}
+
+#[test]
+fn label_replace_and_label_join() {
+    let engine = engine(vec![gauge_tagged("app", "0", 0.0, &[("x", 1.0)], &[("path", "/v1/apps")])]);
+    let got = |q: &str| instant_vector(&engine, q, 0);
+    assert_eq!(
+        got(r#"label_replace(x{source_id="app"}, "version", "$1-${1}", "path", "/(v[0-9])/.*")"#),
+        vec![(labels(&[("instance_id", "0"), ("path", "/v1/apps"), ("source_id", "app"), ("version", "v1-v1")]), 1.0)]
+    );
+    // Anchored: a partial match is no match, and leaves the sample alone.
+    assert_eq!(
+        got(r#"label_replace(x{source_id="app"}, "version", "$1", "path", "v[0-9]")"#),
+        vec![(labels(&[("instance_id", "0"), ("path", "/v1/apps"), ("source_id", "app")]), 1.0)]
+    );
+    // An empty result removes the label.
+    assert_eq!(
+        got(r#"label_replace(x{source_id="app"}, "path", "", "path", ".*")"#),
+        vec![(labels(&[("instance_id", "0"), ("source_id", "app")]), 1.0)]
+    );
+    assert_eq!(
+        got(r#"label_join(x{source_id="app"}, "id", ":", "source_id", "instance_id", "nope")"#),
+        vec![(labels(&[("id", "app:0:"), ("instance_id", "0"), ("path", "/v1/apps"), ("source_id", "app")]), 1.0)]
+    );
+    for (query, message) in [
+        (r#"label_replace(x{source_id="app"}, "1bad", "", "path", ".*")"#, "invalid destination label name"),
+        (r#"label_replace(x{source_id="app"}, "ok", "", "path", "(")"#, "invalid regular expression"),
+        (r#"label_join(x{source_id="app"}, "ok", "", "bad-name")"#, "invalid source label name"),
+    ] {
+        let err = error_of(engine.instant_query(query, &at(0)));
+        assert!(matches!(&err, PromQLError::Execution(m) if m.contains(message)), "{query}: {err}");
+    }
+}
+
+#[test]
+fn label_functions_refuse_duplicate_label_sets() {
+    let engine = engine(vec![gauge("app", "0", 0.0, &[("x", 1.0)]), gauge("app", "1", 0.0, &[("x", 2.0)])]);
+    let err = error_of(
+        engine.instant_query(r#"label_replace(x{source_id="app"}, "instance_id", "", "instance_id", ".*")"#, &at(0)),
+    );
+    assert!(matches!(&err, PromQLError::Execution(m) if m.contains("same labelset")), "{err}");
+}
+
+#[test]
+fn label_values_built_by_a_query_are_charged() {
+    let path = "p".repeat(1000);
+    let envelopes = vec![gauge_tagged("app", "0", 0.0, &[("x", 1.0)], &[("path", path.as_str())])];
+    let source = Arc::new(FakeSource { envelopes, reads: Mutex::new(Vec::new()) });
+    let engine = Engine::new(source, Duration::from_secs(10), 1000);
+    // 100 copies of a 1000-byte value: 100 kB, over a budget of 1000 samples (16 kB).
+    let query = format!(r#"label_replace(x{{source_id="app"}}, "big", "{}", "path", "(.*)")"#, "$1".repeat(100));
+    assert_eq!(error_of(engine.instant_query(&query, &at(0))), PromQLError::TooManySamples);
+}
+
+#[test]
+fn histogram_quantile_over_bucket_labelled_gauges() {
+    let bucket = |le: &str, count: f64| gauge_tagged("app", "0", 0.0, &[("latency_bucket", count)], &[("le", le)]);
+    let engine = engine(vec![bucket("0.5", 4.0), bucket("1", 8.0), bucket("+Inf", 10.0), bucket("x", 3.0)]);
+    assert_eq!(
+        instant_vector(&engine, r#"histogram_quantile(0.5, latency_bucket{source_id="app"})"#, 0),
+        vec![(labels(&[("instance_id", "0"), ("source_id", "app")]), 0.625)]
+    );
+    // Series without a bucket bound are no histogram.
+    assert!(values(&engine, r#"histogram_quantile(0.5, nothing{source_id="app"})"#, 0).is_empty());
+}
+
+#[test]
+fn math_and_date_functions_and_atan2() {
+    let e = one_gauge(1.0);
+    let x = r#"x{source_id="app"}"#;
+    // sgn keeps the sign of zero, as Go's.
+    assert!(single(&e, &format!("sgn({x} * -0)"), 0).is_sign_negative());
+    assert_close(single(&e, &format!("exp({x})"), 0), std::f64::consts::E);
+    assert_close(single(&e, &format!("deg({x} * pi())"), 0), 180.0);
+    assert_close(single(&e, &format!("{x} atan2 1"), 0), std::f64::consts::FRAC_PI_4);
+    assert_close(scalar(&e, "1 atan2 1"), std::f64::consts::FRAC_PI_4);
+    // T0 is 2023-11-14T22:13:20Z; without an argument, the evaluation instant.
+    assert_eq!(single(&e, "hour()", 0), 22.0);
+    assert_eq!(single(&e, "day_of_week()", 0), 2.0);
+    assert_eq!(single(&e, &format!("year({x} * 0)"), 0), 1970.0);
+    assert_eq!(single(&e, &format!("days_in_month({x} * 0 + 1709164800)"), 0), 29.0);
+    // timestamp of a selector is the sample's time; of anything else, the evaluation instant.
+    assert_eq!(single(&e, &format!("timestamp({x})"), 30), T0 as f64);
+    assert_eq!(single(&e, &format!("timestamp(abs({x}))"), 30), (T0 + 30) as f64);
+    assert_eq!(scalar_at(&e, "pi()", 0), std::f64::consts::PI);
+}
+
+#[test]
+fn double_exponential_smoothing_checks_its_factors() {
+    let engine = engine(vec![gauge("app", "0", 0.0, &[("x", 1.0)]), gauge("app", "0", 10.0, &[("x", 3.0)])]);
+    // Two samples: s1 = 0.5·3 + 0.5·(1 + 2) = 3.
+    assert_eq!(single(&engine, r#"double_exponential_smoothing(x{source_id="app"}[1m], 0.5, 0.5)"#, 10), 3.0);
+    let err =
+        error_of(engine.instant_query(r#"double_exponential_smoothing(x{source_id="app"}[1m], 1, 0.5)"#, &at(10)));
+    assert!(matches!(&err, PromQLError::Execution(m) if m.contains("invalid smoothing factor")), "{err}");
+}
+
+#[test]
+fn refused_functions_say_why() {
+    let engine = engine(Vec::new());
+    let err = error_of(engine.instant_query(r#"histogram_count(x{source_id="a"})"#, &at(0)));
+    assert!(err.to_string().contains("native histograms"), "{err}");
+    let err = error_of(engine.instant_query(r#"mad_over_time(x{source_id="a"}[1m])"#, &at(0)));
+    assert!(err.to_string().contains("not supported by log-cache"), "{err}");
+}
+
+#[test]
+fn every_kind_of_nesting_fits_a_test_thread_stack_at_the_bound() {
+    let engine = engine(vec![gauge("app", "0", 0.0, &[("x", 1.0)])]);
+    let x = r#"x{source_id="app"}"#;
+    let nest = |open: &str, inner: &str, close: &str, levels: usize| {
+        format!("{}{inner}{}", open.repeat(levels), close.repeat(levels))
+    };
+    for query in [
+        nest("sum(", x, ")", 199),
+        nest("absent(", x, ")", 199),
+        nest("label_replace(", x, r#", "a", "b", "source_id", ".*")"#, 199),
+        nest("label_join(", x, r#", "a", "-", "source_id")"#, 199),
+        nest("round(", x, ", 2)", 199),
+        nest("histogram_quantile(0.5, ", x, ")", 199),
+        nest("sort_desc(", x, ")", 199),
+        nest("count_values(\"v\", ", x, ")", 199),
+        nest("day_of_week(", x, ")", 199),
+        // Each level evaluates the next at its steps; the steps the levels share are evaluated once.
+        nest("max_over_time(", x, "[1m:30s])", 199),
+        nest("quantile_over_time(0.5, ", x, "[1m:30s])", 199),
+        nest("absent_over_time(", x, "[1m:30s])", 199),
+    ] {
+        let result = engine.instant_query(&query, &at(0));
+        assert!(result.is_ok(), "{}…: {result:?}", &query[..40]);
+    }
+}
+
+/// Behind auth the query is printed again after its source ids are rewritten (`query_auth`): the
+/// printed text of every new feature must mean what the original meant.
+#[test]
+fn printed_queries_evaluate_as_the_originals() {
+    let engine = engine(vec![
+        gauge_tagged("app", "0", 0.0, &[("x", 1.5)], &[("path", r#"/v1/"q"\d"#)]),
+        gauge_tagged("app", "0", 30.0, &[("x", 4.0)], &[("path", r#"/v1/"q"\d"#)]),
+    ]);
+    for query in [
+        r#"max_over_time(x{source_id="app"}[2m:15s] offset 10s)"#,
+        &format!(r#"max_over_time(x{{source_id="app"}}[2m:] @ {})"#, T0 + 40),
+        r#"label_replace(x{source_id="app"}, "v", "<$1>", "path", "/v1/\"(.*)\"\\\\d")"#,
+        r#"label_join(x{source_id="app"}, "j", "\t", "path", "source_id")"#,
+        r#"count_values("v", x{source_id="app"})"#,
+        r#"quantile_over_time(0.5, x{source_id="app"}[1m])"#,
+        r#"double_exponential_smoothing(x{source_id="app"}[1m], 0.5, 0.5)"#,
+        r#"x{source_id="app"} atan2 2"#,
+        r#"absent(nope{source_id="app", zone="a"})"#,
+    ] {
+        let printed = promql_parser::parser::parse(query).expect("parses").to_string();
+        assert_eq!(
+            instant_vector(&engine, &printed, 40),
+            instant_vector(&engine, query, 40),
+            "{query} printed as {printed}"
+        );
+    }
+    // The regex above does match: the comparison is not of two unchanged vectors.
+    let replace = r#"label_replace(x{source_id="app"}, "v", "<$1>", "path", "/v1/\"(.*)\"\\\\d")"#;
+    let replaced = instant_vector(&engine, replace, 40);
+    assert_eq!(replaced.first().and_then(|(labels, _)| labels.get("v")).map(String::as_str), Some("<q>"));
 }
