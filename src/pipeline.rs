@@ -137,12 +137,8 @@ impl Pipeline {
         let metrics_addr = metrics.local_addr()?;
 
         // The console reaches log-cache, the gateway and /metrics at the addresses they bound.
-        let console_config = console::Config::for_pipeline(
-            config.console_addr,
-            log_cache_addrs.http,
-            tc_addrs.gateway,
-            metrics_addr,
-        );
+        let console_config =
+            console::Config::for_pipeline(config.console_addr, log_cache_addrs.http, tc_addrs.gateway, metrics_addr);
         let console = console::Console::bind(console_config, &registry.scoped("console"))
             .await
             .context("starting the web console")?;

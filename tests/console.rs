@@ -106,14 +106,14 @@ fn metrics_at(timestamp: i64, i: i64) -> Vec<Envelope> {
         timestamp,
         source_id: SOURCE.into(),
         // The agent turns deltas into totals (§1.4).
-        message: Some(Message::Counter(v2::Counter { name: "requests".into(), delta: 5 + (i as u64 * 7) % 11, total: 0 })),
+        message: Some(Message::Counter(v2::Counter {
+            name: "requests".into(),
+            delta: 5 + (i as u64 * 7) % 11,
+            total: 0,
+        })),
         ..Default::default()
     };
-    vec![
-        gauge(0, 180e6 + 40e6 * wave, 20.0 + 10.0 * wave),
-        gauge(1, 150e6 - 30e6 * wave, 25.0 - 8.0 * wave),
-        counter,
-    ]
+    vec![gauge(0, 180e6 + 40e6 * wave, 20.0 + 10.0 * wave), gauge(1, 150e6 - 30e6 * wave, 25.0 - 8.0 * wave), counter]
 }
 
 /// Sends `HISTORY_SECONDS` of metrics, one set a second up to now.
@@ -207,7 +207,8 @@ impl Browser {
 
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let profile = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("console-chromium-{}-{n}", std::process::id()));
+        let profile =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("console-chromium-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         let args = [
             "--headless",
@@ -286,12 +287,19 @@ impl Browser {
     }
 }
 
-fn screenshot_path() -> PathBuf {
-    if std::env::var_os("UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png")
-    } else {
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png")
+/// Saves a screenshot of the page as `console-<view>.png` in the target's tmp dir (to look at
+/// when a test fails); the charts view's also to `docs/console.png` with `UPDATE_SCREENSHOT=1`.
+async fn save_screenshot(browser: &Browser, view: &str) -> anyhow::Result<()> {
+    let png = browser.client.screenshot().await?;
+    let mut paths = vec![Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("console-{view}.png"))];
+    if view == "charts" && std::env::var_os("UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
+        paths.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png"));
     }
+    for path in paths {
+        std::fs::write(&path, &png).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("screenshot: {}", path.display());
+    }
+    Ok(())
 }
 
 // === the tests ===
@@ -329,32 +337,60 @@ async fn drive_the_console(browser: &Browser, base: &str) -> anyhow::Result<()> 
         )
         .await?;
     ensure!(held.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) > 0, "envelopes held: {held}");
+    // The rate needs a second poll of meta.
+    browser
+        .wait_for(
+            "the source's rate",
+            &format!("document.querySelector('tr[data-source=\"{SOURCE}\"] td.rate')?.dataset.value > 0"),
+        )
+        .await?;
+    save_screenshot(browser, "sources").await?;
 
     // The live tail: logs sent through the agent appear, OUT and ERR told apart.
     browser.goto(&format!("{base}#tail/{SOURCE}")).await?;
     let payloads = "[...document.querySelectorAll('#tail-lines .line .payload')].map(e => e.textContent)";
-    browser.wait_for("logs in the live tail", &format!("{payloads}.filter(t => t.startsWith('console test line')).length >= 8")).await?;
+    browser
+        .wait_for(
+            "logs in the live tail",
+            &format!("{payloads}.filter(t => t.startsWith('console test line')).length >= 8"),
+        )
+        .await?;
     let err_line = browser.eval("document.querySelector('#tail-lines .line.err .payload')?.textContent").await?;
-    ensure!(err_line.as_str().is_some_and(|t| t.ends_with("something failed")), "an ERR line is marked err: {err_line}");
+    ensure!(
+        err_line.as_str().is_some_and(|t| t.ends_with("something failed")),
+        "an ERR line is marked err: {err_line}"
+    );
     let out_line = browser.eval("document.querySelector('#tail-lines .line.out .payload')?.textContent").await?;
-    ensure!(out_line.as_str().is_some_and(|t| !t.ends_with("something failed")), "an OUT line is marked out: {out_line}");
+    ensure!(
+        out_line.as_str().is_some_and(|t| !t.ends_with("something failed")),
+        "an OUT line is marked out: {out_line}"
+    );
 
     // Paused, lines wait instead of appearing; resumed, they appear.
     let count = "document.querySelectorAll('#tail-lines .line').length";
     browser.click("#tail-pause").await?;
     let paused_at = browser.eval(count).await?.as_u64().unwrap_or(0);
-    browser.wait_for("lines waiting while paused", "/[1-9][0-9]* waiting/.test(document.querySelector('#tail-info').textContent)").await?;
+    browser
+        .wait_for(
+            "lines waiting while paused",
+            "/[1-9][0-9]* waiting/.test(document.querySelector('#tail-info').textContent)",
+        )
+        .await?;
     let still = browser.eval(count).await?.as_u64().unwrap_or(0);
     ensure!(still == paused_at, "no line appended while paused ({paused_at} then {still})");
     browser.click("#tail-pause").await?;
     browser.wait_for("the waiting lines after resume", &format!("{count} > {paused_at}")).await?;
+    save_screenshot(browser, "tail").await?;
 
     // The filter hides the lines without its text.
     browser.client.find(Locator::Css("#tail-filter")).await?.send_keys("failed").await?;
     let visible = "[...document.querySelectorAll('#tail-lines .line')].filter(l => !l.hidden).map(l => l.textContent)";
     let shown = browser.wait_for("lines matching the filter", visible).await?;
     let shown = shown.as_array().cloned().unwrap_or_default();
-    ensure!(shown.iter().all(|t| t.as_str().is_some_and(|t| t.contains("failed"))), "only matching lines shown: {shown:?}");
+    ensure!(
+        shown.iter().all(|t| t.as_str().is_some_and(|t| t.contains("failed"))),
+        "only matching lines shown: {shown:?}"
+    );
     // Clear empties the view: the first line is no longer the one before (new ones keep coming).
     let first_line = "document.querySelector('#tail-lines .line')?.textContent ?? ''";
     let before = browser.eval(first_line).await?;
@@ -366,20 +402,17 @@ async fn drive_the_console(browser: &Browser, base: &str) -> anyhow::Result<()> 
     browser.goto(&format!("{base}#charts/{SOURCE}")).await?;
     for (kind, metric) in [("gauge", "memory"), ("gauge", "cpu"), ("counter", "requests")] {
         let card = format!("document.querySelector('.chart[data-kind=\"{kind}\"][data-metric=\"{metric}\"]')");
-        let points = browser.wait_for(&format!("a {kind} chart of {metric} with data"), &format!("Number({card}?.dataset.points)")).await?;
+        let points = browser
+            .wait_for(&format!("a {kind} chart of {metric} with data"), &format!("Number({card}?.dataset.points)"))
+            .await?;
         ensure!(points.as_f64().unwrap_or(0.0) >= 10.0, "{metric}: {points} points");
         let canvas = browser.eval(&format!("{card}.querySelector('canvas')?.width")).await?;
         ensure!(canvas.as_u64().unwrap_or(0) > 0, "{metric} chart has a drawn canvas: {canvas}");
     }
-    let series = browser.eval("document.querySelectorAll('.chart[data-metric=\"memory\"] .u-legend .u-series').length").await?;
+    let series =
+        browser.eval("document.querySelectorAll('.chart[data-metric=\"memory\"] .u-legend .u-series').length").await?;
     ensure!(series.as_u64() == Some(3), "memory has a series per instance (and the x legend): {series}");
-    let png = browser.client.screenshot().await?;
-    let path = screenshot_path();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("screenshot: {}", path.display());
+    save_screenshot(browser, "charts").await?;
 
     // Pipeline: envelopes/s per hop from /metrics, non-zero while the sender runs.
     browser.goto(&format!("{base}#pipeline")).await?;
@@ -387,10 +420,15 @@ async fn drive_the_console(browser: &Browser, base: &str) -> anyhow::Result<()> 
         browser
             .wait_for(
                 &format!("non-zero throughput of the {hop}"),
-                &format!("Number(document.querySelector('tr[data-component=\"{hop}\"] td.in-rate')?.dataset.value) > 0"),
+                &format!(
+                    "Number(document.querySelector('tr[data-component=\"{hop}\"] td.in-rate')?.dataset.value) > 0"
+                ),
             )
             .await?;
     }
+    // A few points of the throughput chart, for the screenshot.
+    browser.wait_for("the throughput chart", "document.querySelector('#pipeline-chart canvas')").await?;
+    save_screenshot(browser, "pipeline").await?;
     Ok(())
 }
 
@@ -401,7 +439,8 @@ async fn routes_answer_a_dead_upstream_with_502_and_bad_parameters_with_400() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         listener.local_addr().expect("address")
     };
-    let (addr, stop) = serve_console(console::Config::for_pipeline("127.0.0.1:0".parse().unwrap(), dead, dead, dead)).await;
+    let (addr, stop) =
+        serve_console(console::Config::for_pipeline("127.0.0.1:0".parse().unwrap(), dead, dead, dead)).await;
     let get = |path: &str| http_get_json(format!("http://{addr}{path}"));
 
     for (path, upstream) in [
@@ -459,14 +498,16 @@ async fn routes_answer_a_dead_upstream_with_502_and_bad_parameters_with_400() {
 async fn a_live_tail_past_the_cap_is_refused_with_503_until_one_ends() {
     let running = Running::start(PipelineConfig::ephemeral()).await;
     let e = &running.endpoints;
-    let mut config = console::Config::for_pipeline("127.0.0.1:0".parse().unwrap(), e.log_cache_http, e.rlp_gateway, e.metrics);
+    let mut config =
+        console::Config::for_pipeline("127.0.0.1:0".parse().unwrap(), e.log_cache_http, e.rlp_gateway, e.metrics);
     config.max_tails = 1;
     let (addr, stop) = serve_console(config).await;
     let url = format!("http://{addr}/api/tail?source_id={SOURCE}");
 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<Bytes>>();
-    let first = tokio::time::timeout(DEADLINE, client.get(url.parse().unwrap())).await.expect("in time").expect("answers");
+    let first =
+        tokio::time::timeout(DEADLINE, client.get(url.parse().unwrap())).await.expect("in time").expect("answers");
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["content-type"], "text/event-stream");
 
@@ -539,7 +580,12 @@ async fn with_auth_on_the_page_asks_for_a_token_and_sends_it() {
         let token = admin_token(SECRET);
         browser.client.find(Locator::Css("#token-input")).await?.send_keys(&token).await?;
         browser.click("#token-dialog button[value=ok]").await?;
-        browser.wait_for("the source, read with the token", &format!("document.querySelector('tr[data-source=\"{SOURCE}\"]')")).await?;
+        browser
+            .wait_for(
+                "the source, read with the token",
+                &format!("document.querySelector('tr[data-source=\"{SOURCE}\"]')"),
+            )
+            .await?;
         let kept = browser.eval("sessionStorage.getItem('loggregator-console-token')").await?;
         ensure!(kept.as_str() == Some(token.as_str()), "the token is kept for the tab: {kept}");
         anyhow::Ok(())

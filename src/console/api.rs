@@ -127,8 +127,7 @@ async fn proxy_get(
 ) -> Result<Response, ConsoleError> {
     let limit = state.config.max_proxied;
     let _slot = state.proxy_slots.clone().try_acquire_owned().map_err(|_| ConsoleError::Busy { limit })?;
-    let answer =
-        state.upstream.get(upstream, url, authorization(headers), state.config.max_answer_bytes).await?;
+    let answer = state.upstream.get(upstream, url, authorization(headers), state.config.max_answer_bytes).await?;
     refused_token(upstream, answer.status)?;
     Ok(pass_on(answer))
 }

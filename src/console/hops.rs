@@ -25,7 +25,8 @@ pub const MIN_RATE_INTERVAL: Duration = Duration::from_millis(900);
 const MAX_HOPS: usize = 64;
 
 /// The hops in data-flow order; other components follow, by name.
-const FLOW_ORDER: [&str; 6] = ["agent", "doppler", "log-cache", "reverse-log-proxy", "rlp-gateway", "traffic-controller"];
+const FLOW_ORDER: [&str; 6] =
+    ["agent", "doppler", "log-cache", "reverse-log-proxy", "rlp-gateway", "traffic-controller"];
 
 /// The counters of one hop, summed over its series.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,12 +83,12 @@ async fn scrape(state: &AppState) -> Result<BTreeMap<String, Totals>, ConsoleErr
             let reason = format!("{url} answered {}", answer.status);
             return Err(ConsoleError::UpstreamUnreachable { upstream: METRICS, reason });
         }
-        let text = std::str::from_utf8(&answer.body).map_err(|_| ConsoleError::UpstreamMalformed {
+        let text = std::str::from_utf8(&answer.body)
+            .map_err(|_| ConsoleError::UpstreamMalformed { upstream: METRICS, reason: format!("{url}: not UTF-8") })?;
+        let samples = promtext::parse(text).map_err(|error| ConsoleError::UpstreamMalformed {
             upstream: METRICS,
-            reason: format!("{url}: not UTF-8"),
+            reason: format!("{url}: {error}"),
         })?;
-        let samples = promtext::parse(text)
-            .map_err(|error| ConsoleError::UpstreamMalformed { upstream: METRICS, reason: format!("{url}: {error}") })?;
         add_hop_totals(&mut totals, &samples, url);
     }
     Ok(totals)

@@ -73,7 +73,12 @@ pub struct Config {
 impl Config {
     /// The console of a pipeline whose log-cache HTTP API, RLP gateway and `/metrics` listen at
     /// these addresses.
-    pub fn for_pipeline(addr: SocketAddr, log_cache_http: SocketAddr, gateway: SocketAddr, metrics: SocketAddr) -> Self {
+    pub fn for_pipeline(
+        addr: SocketAddr,
+        log_cache_http: SocketAddr,
+        gateway: SocketAddr,
+        metrics: SocketAddr,
+    ) -> Self {
         Self {
             addr,
             log_cache_url: format!("http://{log_cache_http}"),

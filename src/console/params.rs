@@ -90,11 +90,10 @@ mod tests {
 
     #[test]
     fn re_encodes_what_it_keeps() {
-        let params = Params::parse(Some("source_id=x&envelope_types=GAUGE&name_filter=a%26b"), &[
-            "source_id",
-            "envelope_types",
-            "name_filter",
-        ])
+        let params = Params::parse(
+            Some("source_id=x&envelope_types=GAUGE&name_filter=a%26b"),
+            &["source_id", "envelope_types", "name_filter"],
+        )
         .unwrap();
         assert_eq!(params.encode_without("source_id"), "envelope_types=GAUGE&name_filter=a%26b");
     }

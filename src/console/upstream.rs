@@ -86,13 +86,14 @@ impl Upstream {
         }
         // The URL is built from configured bases and percent-encoded parameters; a failure here is
         // still reported, not assumed away.
-        let request = request
-            .body(Empty::new())
-            .map_err(|error| ConsoleError::UpstreamUnreachable { upstream, reason: format!("bad url {url}: {error}") })?;
-        self.client.request(request).await.map_err(|error| ConsoleError::UpstreamUnreachable {
+        let request = request.body(Empty::new()).map_err(|error| ConsoleError::UpstreamUnreachable {
             upstream,
-            reason: error_chain(&error),
-        })
+            reason: format!("bad url {url}: {error}"),
+        })?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|error| ConsoleError::UpstreamUnreachable { upstream, reason: error_chain(&error) })
     }
 }
 
@@ -103,7 +104,9 @@ pub async fn read_limited(upstream: UpstreamName, body: Incoming, max_bytes: usi
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ConsoleError::UpstreamTooLarge { upstream, limit: max_bytes })
         }
-        Err(error) => Err(ConsoleError::UpstreamUnreachable { upstream, reason: format!("reading the answer: {error}") }),
+        Err(error) => {
+            Err(ConsoleError::UpstreamUnreachable { upstream, reason: format!("reading the answer: {error}") })
+        }
     }
 }
 

@@ -100,6 +100,27 @@
     return Number.isInteger(n) ? String(n) : n.toFixed(1);
   }
 
+  /** Axis ticks: 180000000 as 180M, so that they fit beside the chart. */
+  function formatTick(n) {
+    const abs = Math.abs(n);
+    for (const [scale, suffix] of [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
+      if (abs >= scale) return +(n / scale).toPrecision(3) + suffix;
+    }
+    return +n.toPrecision(3) + "";
+  }
+
+  // A fresh pair for each chart: uPlot fills its defaults into the objects it is given.
+  const axes = () => [
+    { stroke: "#8a94a3", grid: { stroke: "#2a313b" }, ticks: { stroke: "#2a313b" } },
+    {
+      stroke: "#8a94a3",
+      grid: { stroke: "#2a313b" },
+      ticks: { stroke: "#2a313b" },
+      size: 56,
+      values: (_, ticks) => ticks.map(formatTick),
+    },
+  ];
+
   function formatRate(n) {
     return n === null || n === undefined ? "–" : formatCount(n) + "/s";
   }
@@ -175,7 +196,8 @@
       link(id, viewHash("tail", r.id), r.id);
       cell(row, formatCount(r.count), "num").dataset.value = r.count;
       cell(row, formatCount(r.expired), "num");
-      cell(row, formatRate(r.rate), "num");
+      const rate = cell(row, formatRate(r.rate), "num rate");
+      rate.dataset.value = r.rate === null ? "" : String(r.rate);
       cell(row, formatDuration((r.newest - r.oldest) / 1e9), "num");
       cell(row, formatDuration(Date.now() / 1000 - r.newest / 1e9) + " ago", "num");
       const actions = cell(row, "");
@@ -403,14 +425,16 @@
       "/api/read?source_id=" + encodeURIComponent(source) +
         "&envelope_types=GAUGE&envelope_types=COUNTER&descending=true&limit=1000&start_time=" + startNs,
     );
-    const gauges = new Set();
+    const gauges = new Map(); // name -> unit
     const counters = new Set();
     for (const envelope of (body && body.envelopes && body.envelopes.batch) || []) {
-      if (envelope.gauge) Object.keys(envelope.gauge.metrics || {}).forEach((name) => gauges.add(name));
+      for (const [name, value] of Object.entries((envelope.gauge && envelope.gauge.metrics) || {})) {
+        if (!gauges.has(name)) gauges.set(name, (value && value.unit) || "");
+      }
       if (envelope.counter && envelope.counter.name) counters.add(envelope.counter.name);
     }
     const metrics = [
-      ...[...gauges].sort().map((name) => ({ kind: "gauge", name })),
+      ...[...gauges.keys()].sort().map((name) => ({ kind: "gauge", name, unit: gauges.get(name) })),
       ...[...counters].sort().map((name) => ({ kind: "counter", name })),
     ];
     return metrics.slice(0, MAX_CHARTS);
@@ -493,7 +517,9 @@
         name.textContent = metric.kind === "gauge" ? metric.name : "rate(" + metric.name + ")";
         const kind = document.createElement("span");
         kind.className = "kind";
-        kind.textContent = metric.kind === "gauge" ? "gauge" : "counter, per second";
+        kind.textContent = metric.kind === "gauge"
+          ? "gauge" + (metric.unit ? ", " + metric.unit : "")
+          : "counter, per second";
         title.append(name, kind);
         card.body = document.createElement("div");
         card.el.append(title, card.body);
@@ -523,10 +549,7 @@
               spanGaps: true,
               points: { show: false },
             }))],
-            axes: [
-              { stroke: "#8a94a3", grid: { stroke: "#2a313b" }, ticks: { stroke: "#2a313b" } },
-              { stroke: "#8a94a3", grid: { stroke: "#2a313b" }, ticks: { stroke: "#2a313b" }, size: 60 },
-            ],
+            axes: axes(),
             legend: { show: true },
           },
           data,
@@ -638,12 +661,10 @@
         {
           width: pipelineChartWidth(),
           height: 220,
-          scales: { x: { time: true } },
+          // The span the history can cover, ending now: a first lone point is not stretched over years.
+          scales: { x: { time: true, range: () => [Date.now() / 1000 - HISTORY * 2, Date.now() / 1000] } },
           series: [{}, ...components.map((c, i) => ({ label: c, stroke: PALETTE[i % PALETTE.length], width: 1.5 }))],
-          axes: [
-            { stroke: "#8a94a3", grid: { stroke: "#2a313b" }, ticks: { stroke: "#2a313b" } },
-            { stroke: "#8a94a3", grid: { stroke: "#2a313b" }, ticks: { stroke: "#2a313b" }, size: 60 },
-          ],
+          axes: axes(),
         },
         data,
         $("#pipeline-chart"),
