@@ -315,7 +315,7 @@ async fn the_console_tails_logs_charts_gauges_and_shows_pipeline_throughput_in_c
     let started = Instant::now();
     let browser = Browser::start().await;
     eprintln!("chromium started in {:?}", started.elapsed());
-    let outcome = drive_the_console(&browser, &format!("http://{}/", running.endpoints.console)).await;
+    let outcome = drive_the_console(&browser, &running).await;
     browser.close().await;
     eprintln!("the browser part took {:?}", started.elapsed());
 
@@ -327,7 +327,8 @@ async fn the_console_tails_logs_charts_gauges_and_shows_pipeline_throughput_in_c
     assert_eq!(registry.sum("tails", &[("component", "console")]), 0, "every live tail ended with the page");
 }
 
-async fn drive_the_console(browser: &Browser, base: &str) -> anyhow::Result<()> {
+async fn drive_the_console(browser: &Browser, running: &Running) -> anyhow::Result<()> {
+    let base = &format!("http://{}/", running.endpoints.console);
     // Sources: log-cache's meta, with the source and what it holds.
     browser.goto(&format!("{base}#sources")).await?;
     let held = browser
@@ -397,6 +398,47 @@ async fn drive_the_console(browser: &Browser, base: &str) -> anyhow::Result<()> 
     ensure!(before.as_str().is_some_and(|t| !t.is_empty()), "lines before clear");
     browser.click("#tail-clear").await?;
     browser.wait_for("a cleared tail", &format!("{first_line} !== {before}")).await?;
+    browser.eval("(f => { f.value = ''; f.dispatchEvent(new Event('input')); return true; })(document.querySelector('#tail-filter'))").await?;
+
+    // Scrolled away from the bottom, the view stays where it is as lines arrive, and offers to
+    // follow again; following, it stays at the bottom.
+    let lines = "document.querySelector('#tail-lines')";
+    let at_bottom = format!("(el => el.scrollHeight - el.scrollTop - el.clientHeight < 8)({lines})");
+    browser.wait_for("enough lines to scroll", &format!("{lines}.scrollHeight > 2 * {lines}.clientHeight")).await?;
+    browser.eval(&format!("({lines}.scrollTop = 0, true)")).await?;
+    let before_scroll = browser.eval(count).await?.as_u64().unwrap_or(0);
+    browser.wait_for("the follow button", "!document.querySelector('#tail-follow').hidden").await?;
+    browser.wait_for("more lines while scrolled away", &format!("{count} > {before_scroll} + 8")).await?;
+    let top = browser.eval(&format!("{lines}.scrollTop")).await?;
+    ensure!(top.as_f64() == Some(0.0), "the view stayed where it was scrolled to: scrollTop {top}");
+    browser.click("#tail-follow").await?;
+    browser.wait_for("the bottom after follow", &at_bottom).await?;
+    let before_follow = browser.eval(count).await?.as_u64().unwrap_or(0);
+    browser.wait_for("more lines while following", &format!("{count} > {before_follow} + 8")).await?;
+    ensure!(browser.eval(&at_bottom).await? == Value::Bool(true), "the view follows the bottom");
+
+    // A burst past 10,000 lines: the view keeps the newest 10,000.
+    const BURST: u64 = 10_100;
+    let now = now_ns();
+    let burst: Vec<Envelope> = (0..BURST)
+        .map(|i| {
+            let mut envelope = log(now + i as i64, i);
+            envelope.message =
+                Some(Message::Log(v2::Log { payload: Bytes::from(format!("burst line {i}")), r#type: 0 }));
+            envelope
+        })
+        .collect();
+    let batches: Vec<EnvelopeBatch> = burst.chunks(100).map(|c| EnvelopeBatch { batch: c.to_vec() }).collect();
+    running.agent().await.batch_sender(futures::stream::iter(batches)).await.context("sending the burst")?;
+    let last = format!("burst line {}", BURST - 1);
+    browser
+        .wait_for(
+            "the end of the burst",
+            &format!("[...{lines}.querySelectorAll('.payload')].some(p => p.textContent === '{last}')"),
+        )
+        .await?;
+    let kept = browser.eval(count).await?.as_u64().unwrap_or(0);
+    ensure!(kept == 10_000, "the tail keeps at most 10,000 lines: {kept}");
 
     // Charts: the gauges and the counter's rate, from PromQL range queries, drawn by uPlot.
     browser.goto(&format!("{base}#charts/{SOURCE}")).await?;

@@ -216,7 +216,18 @@
 
   // === live tail: the gateway's SSE stream through /api/tail ===
 
-  const tail = { source: "", abort: null, paused: false, pending: [], pendingDropped: 0, filter: "", shown: 0 };
+  // `queue`: envelopes waiting for the next frame; `pending`: envelopes held while paused.
+  const tail = {
+    source: "",
+    abort: null,
+    paused: false,
+    queue: [],
+    flushScheduled: false,
+    pending: [],
+    pendingDropped: 0,
+    filter: "",
+    shown: 0,
+  };
   const tailLines = () => $("#tail-lines");
 
   function startTail(source) {
@@ -224,6 +235,7 @@
     stopTail();
     if (source !== tail.source) {
       tailLines().replaceChildren();
+      tail.queue = [];
       tail.pending = [];
       tail.pendingDropped = 0;
       tail.shown = 0;
@@ -305,18 +317,40 @@
     }
     if (type !== "message" || data.length === 0) return; // heartbeat, closing
     const batch = JSON.parse(data.join("\n")).batch || [];
-    const lines = batch.filter((envelope) => envelope.log).map(tailLine);
-    if (lines.length === 0) return;
+    const logs = batch.filter((envelope) => envelope.log);
+    if (logs.length === 0) return;
     if (tail.paused) {
-      tail.pending.push(...lines);
+      tail.pending.push(...logs);
       const excess = tail.pending.length - MAX_TAIL_LINES;
       if (excess > 0) {
         tail.pending.splice(0, excess);
         tail.pendingDropped += excess;
       }
+      setTailInfo(tail.state);
     } else {
-      appendLines(lines);
+      enqueue(logs);
     }
+  }
+
+  /**
+   * Queues envelopes for the next animation frame, which draws them all at once: one layout a
+   * frame however many events arrive, and nothing built for lines a burst pushes out anyway.
+   */
+  function enqueue(logs) {
+    tail.queue.push(...logs);
+    const excess = tail.queue.length - MAX_TAIL_LINES;
+    if (excess > 0) tail.queue.splice(0, excess);
+    if (!tail.flushScheduled) {
+      tail.flushScheduled = true;
+      requestAnimationFrame(flush);
+    }
+  }
+
+  function flush() {
+    tail.flushScheduled = false;
+    const logs = tail.queue;
+    tail.queue = [];
+    if (logs.length) appendLines(logs.map(tailLine));
     setTailInfo(tail.state);
   }
 
@@ -359,11 +393,15 @@
   function appendLines(lines) {
     const el = tailLines();
     const follow = atBottom(el);
-    const fragment = document.createDocumentFragment();
-    fragment.append(...lines);
-    el.appendChild(fragment);
-    let excess = el.childElementCount - MAX_TAIL_LINES;
-    while (excess-- > 0) el.firstElementChild.remove();
+    if (lines.length >= MAX_TAIL_LINES) {
+      el.replaceChildren(...lines.slice(-MAX_TAIL_LINES));
+    } else {
+      const fragment = document.createDocumentFragment();
+      fragment.append(...lines);
+      el.appendChild(fragment);
+      let excess = el.childElementCount - MAX_TAIL_LINES;
+      while (excess-- > 0) el.firstElementChild.remove();
+    }
     tail.shown = el.childElementCount;
     if (follow) el.scrollTop = el.scrollHeight;
     $("#tail-follow").hidden = follow || atBottom(el);
@@ -384,12 +422,13 @@
         const waiting = tail.pending;
         tail.pending = [];
         tail.pendingDropped = 0;
-        if (waiting.length) appendLines(waiting);
+        if (waiting.length) enqueue(waiting);
       }
       setTailInfo(tail.state || "");
     });
     $("#tail-clear").addEventListener("click", () => {
       el.replaceChildren();
+      tail.queue = [];
       tail.pending = [];
       tail.pendingDropped = 0;
       tail.shown = 0;
