@@ -155,6 +155,7 @@ fn send_live(mut agent: IngressClient<Channel>, stop: CancellationToken) -> toki
 
 /// chromedriver and the Chromium session it started; `close` ends both.
 struct Browser {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     client: Client,
     driver: Driver,
     profile: PathBuf,
@@ -183,10 +184,14 @@ fn find_program(env: &str, candidates: &[&str]) -> PathBuf {
     })
 }
 
+/// One Chromium at a time: two at once on a 2-core CI machine only slow each other down.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl Browser {
     async fn start() -> Self {
         let chromium = find_program("CHROMIUM", &["/usr/bin/chromium", "/usr/bin/chromium-browser"]);
         let chromedriver = find_program("CHROMEDRIVER", &["/usr/bin/chromedriver"]);
+        let turn = ONE_BROWSER.lock().await;
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("binds a probe port");
             probe.local_addr().expect("probe address").port()
@@ -236,7 +241,7 @@ impl Browser {
         .await
         .expect("chromium starts in time")
         .expect("chromedriver starts a chromium session");
-        Self { client, driver, profile }
+        Self { _turn: turn, client, driver, profile }
     }
 
     /// Ends the Chromium session, then chromedriver.
@@ -481,8 +486,8 @@ async fn routes_answer_a_dead_upstream_with_502_and_bad_parameters_with_400() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
         listener.local_addr().expect("address")
     };
-    let (addr, stop) =
-        serve_console(console::Config::for_pipeline("127.0.0.1:0".parse().unwrap(), dead, dead, dead)).await;
+    let console = serve_console(console::Config::for_pipeline("127.0.0.1:0".parse().unwrap(), dead, dead, dead)).await;
+    let addr = console.addr;
     let get = |path: &str| http_get_json(format!("http://{addr}{path}"));
 
     for (path, upstream) in [
@@ -532,18 +537,20 @@ async fn routes_answer_a_dead_upstream_with_502_and_bad_parameters_with_400() {
     assert_eq!(status, 200);
     let (status, _) = http_get(&format!("http://{addr}/assets/missing.js")).await;
     assert_eq!(status, 404);
-    stop.cancel();
+    console.stop.cancel();
 }
 
-/// One live tail is open on a console allowed one: the next is a 503 until the first ends.
+/// One live tail is open on a console allowed one: the next is a 503 until the first ends. At
+/// shutdown the console ends its open tail itself, while the gateway behind it still streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_tail_past_the_cap_is_refused_with_503_until_one_ends() {
+async fn a_live_tail_past_the_cap_is_a_503_until_one_ends_and_shutdown_ends_the_open_one() {
     let running = Running::start(PipelineConfig::ephemeral()).await;
     let e = &running.endpoints;
     let mut config =
         console::Config::for_pipeline("127.0.0.1:0".parse().unwrap(), e.log_cache_http, e.rlp_gateway, e.metrics);
     config.max_tails = 1;
-    let (addr, stop) = serve_console(config).await;
+    let console = serve_console(config).await;
+    let addr = console.addr;
     let url = format!("http://{addr}/api/tail?source_id={SOURCE}");
 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -586,13 +593,18 @@ async fn a_live_tail_past_the_cap_is_refused_with_503_until_one_ends() {
             agent.batch_sender(futures::stream::iter([EnvelopeBatch { batch: vec![log(now_ns(), 2)] }])).await.ok();
             let answer = client.get(url.parse().unwrap()).await.expect("answers");
             if answer.status() == 200 {
-                return;
+                return answer;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    tokio::time::timeout(DEADLINE, reopened).await.expect("a tail opens again once the first ended");
-    stop.cancel();
+    let open = tokio::time::timeout(DEADLINE, reopened).await.expect("a tail opens again once the first ended");
+
+    console.stop.cancel();
+    let rest = tokio::time::timeout(DEADLINE, http_body_util::BodyExt::collect(open.into_body())).await;
+    assert!(rest.is_ok(), "shutdown ended the open tail");
+    let served = tokio::time::timeout(DEADLINE, console.serving).await.expect("the console stops in time");
+    served.expect("no panic").expect("clean shutdown");
     running.stop().await;
 }
 
@@ -648,18 +660,20 @@ fn admin_token(secret: &str) -> String {
 
 // === helpers ===
 
-async fn serve_console(config: console::Config) -> (SocketAddr, CancellationToken) {
+/// A console alone, its address, what stops it, and its task.
+struct StandaloneConsole {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn serve_console(config: console::Config) -> StandaloneConsole {
     let registry = plumbing::Registry::new().scoped("console");
     let console = console::Console::bind(config, &registry).await.expect("console binds");
     let addr = console.local_addr().expect("bound address");
     let stop = CancellationToken::new();
-    let serving = console.serve(stop.clone().cancelled_owned());
-    tokio::spawn(async move {
-        if let Err(error) = serving.await {
-            eprintln!("console: {error}");
-        }
-    });
-    (addr, stop)
+    let serving = tokio::spawn(console.serve(stop.clone().cancelled_owned()));
+    StandaloneConsole { addr, stop, serving }
 }
 
 async fn http_get_json(url: String) -> (u16, Value) {

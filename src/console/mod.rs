@@ -200,8 +200,11 @@ impl Console {
     /// Serves until `shutdown`; then ends the live tails and lets requests in flight finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let token = plumbing::shutdown::token_from(shutdown);
+        let addr = self.listener.local_addr()?;
+        let (log_cache, gateway) = (self.config.log_cache_url.clone(), self.config.gateway_url.clone());
         let router = router(self.config, &self.registry, token.clone())?;
         let metrics = plumbing::http_server::HttpMetrics::register(&self.registry, "console");
+        tracing::info!(%addr, %log_cache, %gateway, "web console serving");
         let limits = plumbing::http_server::HttpLimits::default();
         plumbing::http_server::serve(self.listener, None, router, limits, metrics, token.cancelled_owned()).await?;
         Ok(())
