@@ -111,7 +111,19 @@
 
   // A fresh pair for each chart: uPlot fills its defaults into the objects it is given.
   const axes = () => [
-    { stroke: "#8a94a3", grid: { stroke: "#2a313b" }, ticks: { stroke: "#2a313b" } },
+    {
+      stroke: "#8a94a3",
+      grid: { stroke: "#2a313b" },
+      ticks: { stroke: "#2a313b" },
+      // One line of local clock time, HH:MM on whole minutes and :SS between them: uPlot's
+      // two-line default collides with itself at the left edge.
+      size: 32,
+      values: (_, ticks) =>
+        ticks.map((t) => {
+          const clock = formatClock(t * 1e9);
+          return Math.round(t) % 60 === 0 ? clock.slice(0, 5) : ":" + clock.slice(6, 8);
+        }),
+    },
     {
       stroke: "#8a94a3",
       grid: { stroke: "#2a313b" },
