@@ -2,6 +2,14 @@
 //!
 //! [`pipeline::Pipeline`] binds every component, wiring each to the addresses the others actually
 //! bound, and serves them together; the binary and the whole-pipeline test start exactly this.
+//!
+//! Layout:
+//! - [`pipeline`]: binding and serving every component together.
+//! - [`demo`]: the `--demo` emitter of realistic traffic.
+//! - [`console`]: the web console the all-in-one serves (sources, live tail, charts, pipeline).
+//! - [`promtext`]: reading the Prometheus text exposition of `/metrics`.
 
+pub mod console;
 pub mod demo;
 pub mod pipeline;
+pub mod promtext;

@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use plumbing::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::console;
+
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:14824";
 
 /// Configuration of each component; the Doppler and agent addresses they connect to are filled in
@@ -16,6 +18,8 @@ pub struct PipelineConfig {
     pub log_cache: log_cache::Config,
     pub traffic_controller: traffic_controller::Config,
     pub metrics_addr: SocketAddr,
+    /// The web console (`crate::console`); its upstreams are the addresses the others bound.
+    pub console_addr: SocketAddr,
 }
 
 impl PipelineConfig {
@@ -27,6 +31,7 @@ impl PipelineConfig {
             log_cache: log_cache::Config::default(),
             traffic_controller: traffic_controller::Config::default(),
             metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("constant address parses"),
+            console_addr: console::DEFAULT_ADDR.parse().expect("constant address parses"),
         }
     }
 
@@ -44,6 +49,7 @@ impl PipelineConfig {
         config.traffic_controller.gateway.addr = any;
         config.traffic_controller.websocket.addr = any;
         config.metrics_addr = any;
+        config.console_addr = any;
         config
     }
 }
@@ -61,6 +67,7 @@ pub struct Endpoints {
     pub log_cache_http: SocketAddr,
     pub log_cache_syslog: Option<SocketAddr>,
     pub metrics: SocketAddr,
+    pub console: SocketAddr,
 }
 
 impl Endpoints {
@@ -78,6 +85,7 @@ impl Endpoints {
             ("log-cache HTTP API", format!("http://{}", self.log_cache_http)),
             ("log-cache syslog (RFC 5424)", or_disabled(self.log_cache_syslog)),
             ("Prometheus /metrics (every component)", format!("http://{}/metrics", self.metrics)),
+            ("web console", format!("http://{}/", self.console)),
         ]
     }
 }
@@ -89,6 +97,7 @@ pub struct Pipeline {
     log_cache: log_cache::LogCache,
     traffic_controller: traffic_controller::TrafficController,
     metrics: tokio::net::TcpListener,
+    console: console::Console,
     registry: Registry,
     endpoints: Endpoints,
 }
@@ -125,6 +134,14 @@ impl Pipeline {
         let metrics = plumbing::telemetry::bind_metrics(config.metrics_addr)
             .await
             .with_context(|| format!("binding metrics address {}", config.metrics_addr))?;
+        let metrics_addr = metrics.local_addr()?;
+
+        // The console reaches log-cache, the gateway and /metrics at the addresses they bound.
+        let console_config =
+            console::Config::for_pipeline(config.console_addr, log_cache_addrs.http, tc_addrs.gateway, metrics_addr);
+        let console = console::Console::bind(console_config, &registry.scoped("console"))
+            .await
+            .context("starting the web console")?;
         let endpoints = Endpoints {
             agent_grpc: agent_addrs.grpc,
             agent_udp: agent_addrs.udp,
@@ -135,9 +152,10 @@ impl Pipeline {
             log_cache_grpc: log_cache_addrs.grpc,
             log_cache_http: log_cache_addrs.http,
             log_cache_syslog: log_cache_addrs.syslog,
-            metrics: metrics.local_addr()?,
+            metrics: metrics_addr,
+            console: console.local_addr()?,
         };
-        Ok(Self { doppler, agent, log_cache, traffic_controller, metrics, registry, endpoints })
+        Ok(Self { doppler, agent, log_cache, traffic_controller, metrics, console, registry, endpoints })
     }
 
     pub fn endpoints(&self) -> &Endpoints {
@@ -149,8 +167,9 @@ impl Pipeline {
         self.registry.clone()
     }
 
-    /// Serves every component until `shutdown`; then stops the agent first, so it flushes into the
-    /// Doppler, and waits for every component to finish.
+    /// Serves every component until `shutdown`; then stops the console (ending its live tails) and
+    /// the agent first, so the agent flushes into the Doppler, and waits for every component to
+    /// finish.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let token = CancellationToken::new();
         let metrics = tokio::spawn(plumbing::telemetry::serve_metrics(
@@ -162,8 +181,10 @@ impl Pipeline {
         let agent = tokio::spawn(self.agent.serve(token.clone().cancelled_owned()));
         let log_cache = tokio::spawn(self.log_cache.serve(token.clone().cancelled_owned()));
         let traffic_controller = tokio::spawn(self.traffic_controller.serve(token.clone().cancelled_owned()));
+        let console = tokio::spawn(self.console.serve(token.clone().cancelled_owned()));
         shutdown.await;
         token.cancel();
+        console.await.context("console task")??;
         agent.await.context("agent task")??;
         doppler.await.context("doppler task")??;
         traffic_controller.await.context("traffic controller task")??;
