@@ -104,6 +104,9 @@ struct AllArgs {
     /// Address of the Prometheus `/metrics` endpoint of every component.
     #[arg(long, env = "METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
     metrics_addr: SocketAddr,
+    /// Address of the web console.
+    #[arg(long, env = "CONSOLE_ADDR", default_value = loggregator::console::DEFAULT_ADDR)]
+    console_addr: SocketAddr,
     /// Also run a built-in emitter of demo traffic.
     #[arg(long)]
     demo: bool,
@@ -286,8 +289,10 @@ impl Cli {
 
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            None => run_all(DEFAULT_METRICS_ADDR.parse()?, self.demo).await,
-            Some(Command::All(args)) => run_all(args.metrics_addr, args.demo || self.demo).await,
+            None => {
+                run_all(DEFAULT_METRICS_ADDR.parse()?, loggregator::console::DEFAULT_ADDR.parse()?, self.demo).await
+            }
+            Some(Command::All(args)) => run_all(args.metrics_addr, args.console_addr, args.demo || self.demo).await,
             Some(Command::Agent(args)) => run_agent(args).await,
             Some(Command::Doppler(args)) => run_doppler(args).await,
             Some(Command::LogCache(args)) => run_log_cache(args).await,
@@ -302,9 +307,10 @@ impl Cli {
     }
 }
 
-async fn run_all(metrics_addr: SocketAddr, demo: bool) -> anyhow::Result<()> {
+async fn run_all(metrics_addr: SocketAddr, console_addr: SocketAddr, demo: bool) -> anyhow::Result<()> {
     let mut config = loggregator::pipeline::PipelineConfig::loopback_defaults();
     config.metrics_addr = metrics_addr;
+    config.console_addr = console_addr;
     let pipeline = loggregator::pipeline::Pipeline::bind(config).await?;
     let rows = pipeline.endpoints().table();
     let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
@@ -324,7 +330,9 @@ async fn run_all(metrics_addr: SocketAddr, demo: bool) -> anyhow::Result<()> {
         println!("  loggregator top");
         println!("  loggregator query 'avg_over_time(cpu{{source_id=\"checkout\"}}[1m])'");
     }
-    let served = pipeline.serve(crate::shutdown_signal()).await;
+    let registry = pipeline.registry();
+    registry.set_health(Health::Ready);
+    let served = pipeline.serve(draining(&registry)).await;
     demo_stop.cancel();
     served
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
+use loggregator::promtext::Sample;
 use loggregator_proto::scan::BatchScanner;
 use loggregator_proto::v2::{selector, EgressBatchRequest, EventSelector, GaugeSelector, LogSelector, Selector};
 use loggregator_proto::v2::{CounterSelector, TimerSelector};
@@ -62,81 +63,25 @@ struct Count {
     bytes: u64,
 }
 
-/// One sample of an exposition: name, labels, value.
-type Sample = (String, Vec<(String, String)>, f64);
 /// (component, series) → value.
 type Hops = HashMap<(String, String), f64>;
-
-/// The samples of a Prometheus text exposition: `name{labels} value` lines (comments skipped).
-pub fn parse_samples(text: &str) -> Vec<Sample> {
-    let mut samples = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (name_labels, value) = match line.rfind('}') {
-            Some(close) => (&line[..=close], line[close + 1..].trim()),
-            None => match line.split_once(' ') {
-                Some((n, v)) => (n, v.trim()),
-                None => continue,
-            },
-        };
-        let value = value.split_whitespace().next().unwrap_or("");
-        let Ok(value) = value.parse::<f64>() else { continue };
-        let (name, labels) = match name_labels.split_once('{') {
-            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
-            None => (name_labels, Vec::new()),
-        };
-        samples.push((name.to_string(), labels, value));
-    }
-    samples
-}
-
-fn parse_labels(text: &str) -> Vec<(String, String)> {
-    let mut labels = Vec::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, other)) => value.push(other),
-                    None => {}
-                },
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                other => value.push(other),
-            }
-        }
-        labels.push((key.trim_start_matches(',').trim().to_string(), value));
-        rest = &after[end..];
-    }
-    labels
-}
 
 /// Per-hop totals from one scrape: (component, series) → value, for `ingress`, `egress` and
 /// `dropped` (by direction and reason).
 fn hop_totals(samples: &[Sample]) -> Hops {
     let mut totals = HashMap::new();
-    for (name, labels, value) in samples {
-        if !matches!(name.as_str(), "ingress" | "egress" | "dropped") {
+    for sample in samples {
+        if !matches!(sample.name.as_str(), "ingress" | "egress" | "dropped") {
             continue;
         }
-        let label = |k: &str| labels.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-        let component = label("component").unwrap_or("-").to_string();
-        let mut series = name.clone();
+        let component = sample.label("component").unwrap_or("-").to_string();
+        let mut series = sample.name.clone();
         for key in ["direction", "reason"] {
-            if let Some(v) = label(key) {
+            if let Some(v) = sample.label(key) {
                 series.push_str(&format!(" {key}={v}"));
             }
         }
-        *totals.entry((component, series)).or_insert(0.0) += value;
+        *totals.entry((component, series)).or_insert(0.0) += sample.value;
     }
     totals
 }
@@ -202,11 +147,14 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         let mut scrape_errors = Vec::new();
         for url in &args.metrics {
             match http.get_text("metrics", url).await {
-                Ok(text) => {
-                    for (k, v) in hop_totals(&parse_samples(&text)) {
-                        *hops.entry(k).or_insert(0.0) += v;
+                Ok(text) => match loggregator::promtext::parse(&text) {
+                    Ok(samples) => {
+                        for (k, v) in hop_totals(&samples) {
+                            *hops.entry(k).or_insert(0.0) += v;
+                        }
                     }
-                }
+                    Err(e) => scrape_errors.push(format!("{url}: not a Prometheus exposition: {e}")),
+                },
                 Err(e) => scrape_errors.push(format!("{e:#}")),
             }
         }
@@ -311,20 +259,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exposition_lines_parse_into_samples_and_hop_totals() {
-        let text = "# HELP ingress Envelopes received\n# TYPE ingress counter\n\
+    fn hop_totals_sum_each_component_and_series() {
+        let text = "# TYPE ingress counter\n\
             ingress{component=\"doppler\"} 120\n\
             dropped{component=\"agent\",direction=\"egress\"} 3\n\
             dropped{component=\"agent\",direction=\"ingress\"} 1 1700000000000\n\
-            egress{component=\"doppler\",note=\"a \\\"quoted\\\" } brace\"} 7\n\
+            dropped{component=\"agent\",direction=\"ingress\",listener=\"x\"} 2\n\
             up 1\n";
-        let samples = parse_samples(text);
-        assert_eq!(samples.len(), 5);
-        assert_eq!(samples[3].1[1], ("note".to_string(), "a \"quoted\" } brace".to_string()));
-        let hops = hop_totals(&samples);
+        let hops = hop_totals(&loggregator::promtext::parse(text).unwrap());
         assert_eq!(hops[&("doppler".to_string(), "ingress".to_string())], 120.0);
         assert_eq!(hops[&("agent".to_string(), "dropped direction=egress".to_string())], 3.0);
-        assert_eq!(hops[&("agent".to_string(), "dropped direction=ingress".to_string())], 1.0);
+        assert_eq!(hops[&("agent".to_string(), "dropped direction=ingress".to_string())], 3.0);
         assert!(!hops.keys().any(|(_, s)| s == "up"));
     }
 }
