@@ -100,6 +100,10 @@ impl TlsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  loggregator                      every component on loopback (this command)
+  loggregator all --demo           plus demo traffic: logs, gauges, counters, a noisy app
+  loggregator all --console-addr 127.0.0.1:9000")]
 struct AllArgs {
     /// Address of the Prometheus `/metrics` endpoint of every component.
     #[arg(long, env = "METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
@@ -113,6 +117,10 @@ struct AllArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  loggregator agent --doppler 127.0.0.1:8082
+  loggregator agent --doppler doppler.internal:8082 --tag deployment=cf --tag job=diego-cell \\
+    --doppler-ca ca.pem --doppler-cert agent.pem --doppler-key agent-key.pem")]
 struct AgentArgs {
     #[command(flatten)]
     common: Common,
@@ -143,6 +151,9 @@ struct AgentArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  loggregator doppler --grpc-addr 127.0.0.1:8082 --metrics-addr 127.0.0.1:14825
+  loggregator doppler --grpc-addr 0.0.0.0:8082 --tls-ca ca.pem --tls-cert doppler.pem --tls-key doppler-key.pem")]
 struct DopplerArgs {
     #[command(flatten)]
     common: Common,
@@ -157,6 +168,9 @@ struct DopplerArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  loggregator log-cache --doppler 127.0.0.1:8082 --memory-limit-percent 25
+  loggregator log-cache --config log-cache.toml --node-addr lc-0:8080,lc-1:8080 --node-index 0")]
 struct LogCacheArgs {
     #[command(flatten)]
     common: Common,
@@ -192,6 +206,9 @@ struct LogCacheArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  loggregator traffic-controller --doppler 127.0.0.1:8082 --log-cache 127.0.0.1:8080 --agent 127.0.0.1:3458
+  loggregator traffic-controller --config tc.toml     (TLS and auth: see traffic-controller/README.md)")]
 struct TrafficControllerArgs {
     #[command(flatten)]
     common: Common,
