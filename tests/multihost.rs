@@ -157,6 +157,10 @@ async fn start_doppler(name: &str, host: &Host, dir: &TempDir, pki: &TestPki) ->
     Proc::start_with(name, &host.exec(), &args, &[at(host, GRPC)], at(host, METRICS)).await
 }
 
+async fn agent_scrape(agents: &[Proc]) -> Vec<Metrics> {
+    scrape_all(&agents.iter().collect::<Vec<_>>()).await
+}
+
 async fn scrape_all(procs: &[&Proc]) -> Vec<Metrics> {
     let mut all = Vec::new();
     for proc in procs {
@@ -172,29 +176,16 @@ fn sum(metrics: &[Metrics], name: &str, labels: &[(&str, &str)]) -> u64 {
 const RLP_COMPONENT: [(&str, &str); 1] = [("component", "reverse-log-proxy")];
 const WS_COMPONENT: [(&str, &str); 1] = [("component", "traffic-controller")];
 
-/// Waits until `condition` holds of fresh scrapes of `procs`, or panics with them.
-async fn settle(what: &str, procs: &[&Proc], condition: impl Fn(&[Metrics]) -> bool) -> Vec<Metrics> {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let all = scrape_all(procs).await;
-        if condition(&all) {
-            return all;
-        }
-        if Instant::now() >= end {
-            let text: Vec<String> = procs.iter().zip(&all).map(|(p, m)| format!("--- {}\n{}", p.name, m.0)).collect();
-            panic!("{what} did not hold within {DEADLINE:?}:\n{}", text.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The counters that move while anything is in flight, and what the test's clients received.
 fn snapshot(metrics: &[Metrics], tallies: &[SharedTally]) -> Vec<u64> {
     let mut values: Vec<u64> = metrics
         .iter()
         .flat_map(|m| ["ingress", "egress", "dropped", "nozzle_received", "forwarded"].map(|n| m.sum(n, &[])))
         .collect();
-    values.extend(tallies.iter().map(|t| t.lock().received_by("rlp") + t.lock().received_by("ws")));
+    values.extend(tallies.iter().map(|t| {
+        let tally = t.lock();
+        tally.received_by("rlp") + tally.received_by("ws")
+    }));
     values
 }
 
@@ -333,8 +324,10 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     let emitters = start_emitters(&agent_hosts, &sources, base, 0).await;
     wait_sent(&emitters, RATE * 3).await;
     let sent1 = finish(emitters).await;
+    eprintln!("multihost: 1. emitted {sent1:?}");
     let everyone: Vec<&Proc> = agents.iter().chain(&dopplers).chain([&tc]).chain(&caches).collect();
     let m = settle(&everyone, 2, &sent1, &all_tallies).await;
+    eprintln!("multihost: 1. settled");
     let (agent_m, doppler_m, tc_m, cache_m) = (&m[0..2], &m[2..5], &m[5], &m[6..8]);
     assert_eq!(sum(agent_m, "dropped", &[]), 0, "the agents dropped envelopes at a modest rate");
     assert_eq!(sum(doppler_m, "ingress", &[]), sum(agent_m, "egress", &[]), "agent → Doppler");
@@ -376,10 +369,6 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     let mut total_sent = sent1.clone();
 
     // === 2. a Doppler host cut off (link down: no FIN, no RST), then back ===
-    let agent_scrape = |agents: &[Proc]| {
-        let agents: Vec<&Proc> = agents.iter().collect();
-        async move { scrape_all(&agents).await }
-    };
     let unconfirmed_before = sum(&agent_scrape(&agents).await, "unconfirmed", &[]);
     let emitters = start_emitters(&agent_hosts, &sources, base, 1).await;
     let d3_start = dopplers[2].metrics().await.sum("ingress", &[]);
@@ -416,8 +405,7 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         d4.scrape_until(|m| m.sum("subscriptions", &[]) == SUBSCRIPTIONS && m.sum("ingress", &[]) > RATE / 10).await;
     let d4_after = added.elapsed();
     assert!(ok, "doppler-4 was not subscribed to and sent to after joining the DNS answer:\n{}", m.0);
-    let known = agent_scrape(&agents).await.iter().map(|m| m.sum("dopplers", &[])).collect::<Vec<_>>();
-    assert_eq!(known, vec![4, 4], "the agents do not know four Dopplers");
+    // (The agents' `dopplers` gauge is set at start only, so it cannot tell: agent/src/lib.rs.)
     let now_sent = emitters.iter().map(Emitter::sent).min().unwrap_or(0);
     wait_sent(&emitters, now_sent + RATE).await;
     let sent2 = finish(emitters).await;
@@ -440,6 +428,16 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     for (i, d) in doppler_m.iter().enumerate().take(2) {
         doppler_holds_the_sum_rule(&dopplers[i].name, d);
     }
+    for (d, proc) in doppler_m.iter().zip(&dopplers) {
+        let (i, e, x) = (d.sum("ingress", &[]), d.sum("egress", &[]), d.sum("dropped", &[]));
+        eprintln!("multihost: 2. {}: ingress {i}, egress {e}, dropped {x}, subscriptions {}", proc.name, d.sum("subscriptions", &[]));
+    }
+    eprintln!(
+        "multihost: 2. RLP ingress {}, firehose ingress {}, Σ Doppler egress {}; detection {detection:?}",
+        tc_m.sum("ingress", &RLP_COMPONENT),
+        tc_m.sum("ingress", &WS_COMPONENT),
+        sum(doppler_m, "egress", &[])
+    );
     let mut lost = Vec::new();
     for i in 0..2 {
         let (from, to) = (PHASE, PHASE + sent2[i]);
@@ -449,9 +447,12 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
             assert_eq!(tally.duplicates(), 0, "{}: duplicates at {path}", sources[i]);
             assert!(
                 missing.len() as u64 <= unconfirmed + counted_drops,
-                "{}: {} lost on the way to {path}, more than the {unconfirmed} unconfirmed and {counted_drops} dropped",
+                "{}: {} lost on the way to {path}, more than the {unconfirmed} unconfirmed and {counted_drops} dropped \
+                 (#{:?}..=#{:?}, cut at #{cut_at})",
                 sources[i],
-                missing.len()
+                missing.len(),
+                missing.first().map(|s| s - PHASE),
+                missing.last().map(|s| s - PHASE)
             );
             // Lost only around the cut: nothing emitted after the agents had given the stream up
             // (a second after the detection) is missing.

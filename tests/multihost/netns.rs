@@ -61,6 +61,12 @@ fn remove_leftovers() {
         let Some(rest) = name.strip_prefix(PREFIX) else { continue };
         let tag = rest.split('-').next().unwrap_or_default();
         if !alive(tag) {
+            // Whatever the aborted run left running in it (components, dnsmasq) goes first.
+            if let Ok(output) = Command::new("ip").args(["netns", "pids", name]).output() {
+                for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                    run_quietly("kill", &["-9", pid]);
+                }
+            }
             run_quietly("ip", &["netns", "delete", name]);
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
         }
