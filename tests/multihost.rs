@@ -92,6 +92,17 @@ async fn tls_channel(addr: SocketAddr, pki: &TestPki, server_name: &str) -> Chan
     }
 }
 
+/// Whether a plaintext gRPC client is refused by the server at `addr` (it speaks mutual TLS only).
+async fn refuses_plaintext(addr: SocketAddr) -> bool {
+    use loggregator_proto::v2::{egress_client::EgressClient, EgressBatchRequest};
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).expect("valid endpoint");
+    let attempt = async {
+        let channel = endpoint.connect().await.map_err(|_| ())?;
+        EgressClient::new(channel).batched_receiver(EgressBatchRequest::default()).await.map_err(|_| ())
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(5), attempt).await, Ok(Err(())) | Err(_))
+}
+
 /// Every envelope log-cache holds of `source` (read through the node at `addr`), by sequence
 /// number, paging by time.
 async fn log_cache_all(addr: SocketAddr, pki: &TestPki, source: &str, base: i64) -> Result<BTreeSet<u64>, String> {
@@ -196,9 +207,10 @@ async fn settle(procs: &[&Proc], agents: usize, sent: &[u64], tallies: &[SharedT
     let mut last: Option<(Instant, Vec<u64>)> = None;
     loop {
         let all = scrape_all(procs).await;
-        let agents_done = all[..agents].iter().zip(sent).all(|(m, sent)| {
-            m.sum("ingress", &[]) == *sent && m.sum("egress", &[]) + m.sum("dropped", &[]) == *sent
-        });
+        let agents_done = all[..agents]
+            .iter()
+            .zip(sent)
+            .all(|(m, sent)| m.sum("ingress", &[]) == *sent && m.sum("egress", &[]) + m.sum("dropped", &[]) == *sent);
         let now = snapshot(&all, tallies);
         match &last {
             Some((since, before)) if agents_done && *before == now => {
@@ -238,8 +250,7 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     let entries: Vec<_> = doppler_hosts.iter().map(|h| (h.ip, DOPPLER_NAME)).collect();
     let mut dns = Dns::start(&dns_host, dir.0.join("dopplers.hosts"), &entries);
     let three: Vec<_> = doppler_hosts.iter().map(|h| h.ip).collect();
-    let answered =
-        eventually(DEADLINE, || async { netns::resolve_in(&agent_hosts[0], DOPPLER_NAME) == three }).await;
+    let answered = eventually(DEADLINE, || async { netns::resolve_in(&agent_hosts[0], DOPPLER_NAME) == three }).await;
     assert!(answered, "dnsmasq does not answer {DOPPLER_NAME} with {three:?}");
 
     // === components ===
@@ -319,6 +330,12 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         assert!(ok, "{} has not {SUBSCRIPTIONS} subscriptions:\n{}", doppler.name, m.0);
     }
     eprintln!("multihost: deployment up in {:?}", started.elapsed());
+    // Mutual TLS on the internal servers: a plaintext client gets nowhere.
+    let internal = doppler_hosts.iter().map(|h| at(h, GRPC)).chain([at(&tc_host, RLP)]);
+    for addr in internal.chain(cache_hosts.iter().map(|h| at(h, LOG_CACHE))) {
+        assert!(refuses_plaintext(addr).await, "{addr} serves a plaintext gRPC client");
+    }
+    let agent_pids: Vec<u32> = agents.iter().map(Proc::pid).collect();
 
     // === 1. steady delivery: complete everywhere, every hop adding up exactly ===
     let emitters = start_emitters(&agent_hosts, &sources, base, 0).await;
@@ -384,9 +401,25 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     .await;
     let detection = cut_time.elapsed();
     assert!(detected, "no agent gave its streams to the cut-off Doppler up within {CUT_DETECTION_BOUND:?}");
-    // Cut for 8 s at least, so the agents' retries of it time out too.
-    let cut_for = Duration::from_secs(8).max(detection + Duration::from_secs(1));
-    wait_sent(&emitters, cut_at + RATE * cut_for.as_secs()).await;
+    // Cut for 8 s at least, so the agents' retries of it time out too, and until no stream has
+    // given up for a second: the last one to do so marks the failover (what the emitters had sent
+    // then). Each of the agents' connections gives its stream up on its own schedule.
+    let (mut unconfirmed_seen, mut last_give_up) = (sum(&agent_scrape(&agents).await, "unconfirmed", &[]), detection);
+    let mut failover_seq = emitters.iter().map(Emitter::sent).max().unwrap_or(0);
+    loop {
+        let elapsed = cut_time.elapsed();
+        if elapsed >= Duration::from_secs(8) && elapsed >= last_give_up + Duration::from_secs(1) {
+            break;
+        }
+        assert!(elapsed < CUT_DETECTION_BOUND, "the agents still give streams up {elapsed:?} after the cut");
+        let sent_now = emitters.iter().map(Emitter::sent).max().unwrap_or(0);
+        let unconfirmed_now = sum(&agent_scrape(&agents).await, "unconfirmed", &[]);
+        if unconfirmed_now > unconfirmed_seen {
+            (unconfirmed_seen, last_give_up, failover_seq) = (unconfirmed_now, cut_time.elapsed(), sent_now);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cut_for = cut_time.elapsed();
     let at_reconnect = emitters.iter().map(Emitter::sent).min().unwrap_or(0);
     let d3_at_cut = dopplers[2].scrape().await;
     assert!(d3_at_cut.is_none(), "the cut-off Doppler's /metrics still answers");
@@ -405,7 +438,9 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         d4.scrape_until(|m| m.sum("subscriptions", &[]) == SUBSCRIPTIONS && m.sum("ingress", &[]) > RATE / 10).await;
     let d4_after = added.elapsed();
     assert!(ok, "doppler-4 was not subscribed to and sent to after joining the DNS answer:\n{}", m.0);
-    // (The agents' `dopplers` gauge is set at start only, so it cannot tell: agent/src/lib.rs.)
+    // The same agent processes: they re-resolved the name. (Their `dopplers` gauge is set at
+    // start only, agent/src/lib.rs, so it cannot tell.)
+    assert_eq!(agents.iter().map(Proc::pid).collect::<Vec<_>>(), agent_pids, "an agent was restarted");
     let now_sent = emitters.iter().map(Emitter::sent).min().unwrap_or(0);
     wait_sent(&emitters, now_sent + RATE).await;
     let sent2 = finish(emitters).await;
@@ -419,6 +454,19 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     let (agent_egress, doppler_ingress) = (sum(agent_m, "egress", &[]), sum(doppler_m, "ingress", &[]));
     let unconfirmed = sum(agent_m, "unconfirmed", &[]) - unconfirmed_before;
     let unread = agent_egress - doppler_ingress;
+    // What the Dopplers sent that the traffic controller never read: in flight from the cut-off
+    // Doppler when a stream of its subscribers gave up (none when its connections outlive the cut).
+    let upstream = tc_m.sum("ingress", &RLP_COMPONENT) + tc_m.sum("ingress", &WS_COMPONENT);
+    let doppler_egress = sum(doppler_m, "egress", &[]);
+    assert!(upstream <= doppler_egress, "the traffic controller read more than the Dopplers sent");
+    let unread_from_dopplers = doppler_egress - upstream;
+    // What a Doppler read and delivered to fewer than all three subscriptions, counted nowhere: a
+    // Doppler new in the DNS answer gets the agents' traffic as soon as they re-resolve, which may
+    // be before the RLP and the firehose have re-resolved and subscribed to it.
+    let undelivered: u64 = doppler_m
+        .iter()
+        .map(|d| (DELIVERIES * d.sum("ingress", &[])).saturating_sub(d.sum("egress", &[]) + d.sum("dropped", &[])))
+        .sum();
     let counted_drops = sum(agent_m, "dropped", &[])
         + sum(doppler_m, "dropped", &[])
         + tc_m.sum("dropped", &RLP_COMPONENT)
@@ -430,13 +478,16 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     }
     for (d, proc) in doppler_m.iter().zip(&dopplers) {
         let (i, e, x) = (d.sum("ingress", &[]), d.sum("egress", &[]), d.sum("dropped", &[]));
-        eprintln!("multihost: 2. {}: ingress {i}, egress {e}, dropped {x}, subscriptions {}", proc.name, d.sum("subscriptions", &[]));
+        eprintln!(
+            "multihost: 2. {}: ingress {i}, egress {e}, dropped {x}, subscriptions {}",
+            proc.name,
+            d.sum("subscriptions", &[])
+        );
     }
     eprintln!(
-        "multihost: 2. RLP ingress {}, firehose ingress {}, Σ Doppler egress {}; detection {detection:?}",
+        "multihost: 2. RLP ingress {}, firehose ingress {}, Σ Doppler egress {doppler_egress}",
         tc_m.sum("ingress", &RLP_COMPONENT),
         tc_m.sum("ingress", &WS_COMPONENT),
-        sum(doppler_m, "egress", &[])
     );
     let mut lost = Vec::new();
     for i in 0..2 {
@@ -446,26 +497,37 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
             let missing: Vec<u64> = (from..to).filter(|s| !tally.has(*s)).collect();
             assert_eq!(tally.duplicates(), 0, "{}: duplicates at {path}", sources[i]);
             assert!(
-                missing.len() as u64 <= unconfirmed + counted_drops,
-                "{}: {} lost on the way to {path}, more than the {unconfirmed} unconfirmed and {counted_drops} dropped \
+                missing.len() as u64 <= unconfirmed + unread_from_dopplers + undelivered + counted_drops,
+                "{}: {} lost on the way to {path}, more than the {unconfirmed} unconfirmed, {unread_from_dopplers} \
+                 unread from the Dopplers, {undelivered} delivered to no subscription and {counted_drops} dropped \
                  (#{:?}..=#{:?}, cut at #{cut_at})",
                 sources[i],
                 missing.len(),
                 missing.first().map(|s| s - PHASE),
                 missing.last().map(|s| s - PHASE)
             );
-            // Lost only around the cut: nothing emitted after the agents had given the stream up
-            // (a second after the detection) is missing.
-            let failed_over = PHASE + cut_at + RATE * (detection.as_secs() + 2);
+            // Lost only around the cut: nothing emitted a second (the agents' intake lag) after
+            // the last stream to the cut-off Doppler was given up is missing.
+            let failed_over = PHASE + failover_seq + RATE;
             let late = missing.iter().filter(|s| **s >= failed_over).count() as u64;
-            assert!(late <= counted_drops, "{}: {late} emitted after the failover never reached {path}", sources[i]);
+            let late_seqs: Vec<u64> =
+                missing.iter().filter(|s| **s >= failed_over).take(40).map(|s| s - PHASE).collect();
+            assert!(
+                late <= counted_drops + undelivered,
+                "{}: {late} emitted after the failover (#{failover_seq}; cut at #{cut_at}, reconnected at \
+                 #{at_reconnect}) never reached {path}: {late_seqs:?}",
+                sources[i]
+            );
             lost.push((path, missing.len(), missing.first().map(|s| s - PHASE), missing.last().map(|s| s - PHASE)));
         }
     }
     eprintln!(
-        "multihost: 2. cut at #{cut_at} for {cut_for:?}: detected after {detection:?}, reconnected at #{at_reconnect}, \
+        "multihost: 2. cut at #{cut_at} for {cut_for:?}: first stream given up after {detection:?}, the last \
+         after {last_give_up:?} (#{failover_seq}), reconnected at #{at_reconnect}, \
          receiving again {back_after:?} after; lost (path, count, first, last) {lost:?}; agent egress read by no \
-         Doppler {unread}, unconfirmed {unconfirmed}, counted drops {counted_drops}; Doppler ingress {:?}",
+         Doppler {unread}, unconfirmed {unconfirmed}, Doppler egress read by no subscriber {unread_from_dopplers}, \
+         delivered to no subscription {undelivered}, \
+         counted drops {counted_drops}; Doppler ingress {:?}",
         doppler_m.iter().map(|m| m.sum("ingress", &[])).collect::<Vec<_>>()
     );
     eprintln!("multihost: 3. doppler-4 subscribed to and sent to {d4_after:?} after the SIGHUP");

@@ -233,8 +233,10 @@ fn write_hosts(path: &PathBuf, entries: &[(Ipv4Addr, String)]) {
 pub fn resolve_in(host: &Host, name: &str) -> Vec<Ipv4Addr> {
     let output = Command::new("ip").args(["netns", "exec", &host.ns, "getent", "ahostsv4", name]).output();
     let Ok(output) = output else { return Vec::new() };
-    let mut found: Vec<Ipv4Addr> =
-        String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    let mut found: Vec<Ipv4Addr> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
     found.sort();
     found.dedup();
     found
