@@ -37,12 +37,12 @@ fn run_quietly(program: &str, args: &[&str]) {
     let _ = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
-/// Fails the test, with the reason, unless it runs as root with `ip` and `dnsmasq`: it must not
+/// Fails the test, with the reason, unless it runs as root with `ip`, `dnsmasq` and `getent`: it must not
 /// skip silently.
 pub fn require_root_and_tools() {
     let uid = run("id", &["-u"]);
     assert_eq!(uid.trim(), "0", "the multi-host test needs root (network namespaces); run scripts/multihost as root");
-    for (tool, package) in [("ip", "iproute2"), ("dnsmasq", "dnsmasq-base")] {
+    for (tool, package) in [("ip", "iproute2"), ("dnsmasq", "dnsmasq-base"), ("getent", "libc-bin")] {
         let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
         assert!(
             found.is_ok_and(|o| o.status.success()),
