@@ -92,6 +92,9 @@ where
 /// One component running as a child process of the `loggregator` binary. Dropping it kills it.
 pub struct Proc {
     pub name: String,
+    /// What runs the binary: empty, or e.g. `ip netns exec <ns>` (which execs it, so the child's
+    /// pid is the component's).
+    launcher: Vec<String>,
     args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
@@ -106,13 +109,32 @@ impl Proc {
     /// Starts `loggregator <args> --metrics-addr <free>` and waits until `/metrics` and every
     /// address in `listens` accept connections.
     pub async fn start(name: &str, args: &[String], listens: &[SocketAddr]) -> Proc {
+        Self::start_with(name, &[], args, listens, free_addr()).await
+    }
+
+    /// Starts `<launcher> loggregator <args> --metrics-addr <metrics>` and waits as
+    /// [`Proc::start`] does (the multi-host test runs each component in a network namespace).
+    pub async fn start_with(
+        name: &str,
+        launcher: &[String],
+        args: &[String],
+        listens: &[SocketAddr],
+        metrics: SocketAddr,
+    ) -> Proc {
         let dir = Arc::new(TempDir::new(name));
-        let metrics = free_addr();
         let mut args = args.to_vec();
         args.extend(["--metrics-addr".to_string(), metrics.to_string()]);
         let log = dir.0.join(format!("{name}.log"));
-        let mut proc =
-            Proc { name: name.to_string(), args, child: None, log, _dir: dir, metrics, listens: listens.to_vec() };
+        let mut proc = Proc {
+            name: name.to_string(),
+            launcher: launcher.to_vec(),
+            args,
+            child: None,
+            log,
+            _dir: dir,
+            metrics,
+            listens: listens.to_vec(),
+        };
         proc.spawn().await;
         proc
     }
@@ -120,8 +142,11 @@ impl Proc {
     async fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("opens the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_loggregator"))
-            .args(&self.args)
+        let binary = env!("CARGO_BIN_EXE_loggregator").to_string();
+        let mut command = self.launcher.iter().chain([&binary]).chain(&self.args);
+        let program = command.next().expect("the binary is always there");
+        let child = Command::new(program)
+            .args(command)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clones the log handle"))
@@ -437,6 +462,12 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Counts one arrival of `seq` at `subscriber`.
+    pub fn record(&mut self, subscriber: &str, seq: u64) {
+        *self.per_subscriber.entry(subscriber.to_string()).or_default() += 1;
+        *self.seen.entry(seq).or_default() += 1;
+    }
+
     pub fn distinct(&self) -> u64 {
         self.seen.len() as u64
     }
@@ -489,12 +520,17 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub async fn start(name: &str, addr: SocketAddr, source_id: &str, base: i64, tally: &SharedTally) -> Subscriber {
+        Self::start_on(name, channel(addr).await, source_id, base, tally).await
+    }
+
+    /// The same on a channel of the caller's (one with TLS, say).
+    pub async fn start_on(name: &str, channel: Channel, source_id: &str, base: i64, tally: &SharedTally) -> Subscriber {
         let request = EgressBatchRequest {
             shard_id: format!("faults-{name}"),
             selectors: vec![log_selector(source_id)],
             ..Default::default()
         };
-        let mut client = EgressClient::new(channel(addr).await).max_decoding_message_size(16 << 20);
+        let mut client = EgressClient::new(channel).max_decoding_message_size(16 << 20);
         let mut stream = client.batched_receiver(request).await.expect("subscribes").into_inner();
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (tally, name, flag) = (Arc::clone(tally), name.to_string(), Arc::clone(&ended));
@@ -573,9 +609,20 @@ pub async fn log_cache_read(
     base: i64,
     limit: i64,
 ) -> Result<Vec<u64>, loggregator_proto::tonic::Status> {
+    log_cache_read_on(channel(addr).await, source_id, base, 0, limit).await
+}
+
+/// [`log_cache_read`] on a channel of the caller's, from `start_time` (ns) on.
+pub async fn log_cache_read_on(
+    channel: Channel,
+    source_id: &str,
+    base: i64,
+    start_time: i64,
+    limit: i64,
+) -> Result<Vec<u64>, loggregator_proto::tonic::Status> {
     use loggregator_proto::logcache::v1::{egress_client::EgressClient, ReadRequest};
-    let mut client = EgressClient::new(channel(addr).await).max_decoding_message_size(64 << 20);
-    let request = ReadRequest { source_id: source_id.to_string(), start_time: 0, limit, ..Default::default() };
+    let mut client = EgressClient::new(channel).max_decoding_message_size(64 << 20);
+    let request = ReadRequest { source_id: source_id.to_string(), start_time, limit, ..Default::default() };
     let response = client.read(request).await?.into_inner();
     let batch = response.envelopes.unwrap_or_default().batch;
     Ok(batch.iter().map(|e| (e.timestamp - base) as u64).collect())
