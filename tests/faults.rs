@@ -608,3 +608,45 @@ async fn a_stalled_websocket_firehose_is_closed_as_a_slow_consumer_and_rlp_clien
     assert!(hwm_kib < baseline_kib + 64 * 1024, "RSS high-water {hwm_kib} KiB, idle {baseline_kib} KiB");
     drop(stalled);
 }
+
+/// A rolling restart of a Doppler (issue 17): SIGTERM under load, as Kubernetes sends it. The
+/// Doppler turns `/health` to draining, reads what the agent's streams carry, flushes its
+/// subscriber and exits 0; the agent moves to the other Doppler. Unlike kill -9, nothing is lost:
+/// every envelope reaches one of the two subscribers, or is a counted drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_a_doppler_under_load_drains_it_and_loses_nothing() {
+    let (a_addr, b_addr, agent_addr) = (free_addr(), free_addr(), free_addr());
+    let mut a = doppler("doppler-a", a_addr, &[]).await;
+    let b = doppler("doppler-b", b_addr, &[]).await;
+    let agent = agent(agent_addr, &[a_addr, b_addr], &[]).await;
+    let (tally, base) = (tally(), now_ns());
+    let _sa = Subscriber::start("a", a_addr, SOURCE, base, &tally).await;
+    let _sb = Subscriber::start("b", b_addr, SOURCE, base, &tally).await;
+    wait_subscribed(&a, 1).await;
+    wait_subscribed(&b, 1).await;
+    let emitter = Emitter::start(agent_addr, base, SOURCE, RATE, 100).await;
+    wait_received(&tally, "a", RATE / 10).await;
+    wait_received(&tally, "b", RATE / 10).await;
+
+    let terminated_at = emitter.sent();
+    assert!(a.terminate().await, "the Doppler exits 0 on SIGTERM");
+    // Go on for another second on B alone, then stop and let everything settle.
+    wait_sent(&emitter, emitter.sent().max(terminated_at) + RATE).await;
+    let sent = emitter.finish().await;
+    let agent_m = agent_drained(&agent, sent).await;
+    let b_m = doppler_settled(&b, &tally, "b").await;
+
+    let tally = tally.lock();
+    let counted = agent_m.sum("dropped", &[]) + b_m.sum("dropped", &[]);
+    let missing = tally.missing(sent);
+    eprintln!(
+        "doppler SIGTERM: sent {sent}, terminated at #{terminated_at}, from A {}, from B {}, missing {}, \
+         counted drops {counted}, agent unconfirmed {}",
+        tally.received_by("a"),
+        tally.received_by("b"),
+        missing.len(),
+        agent_m.sum("unconfirmed", &[])
+    );
+    assert_eq!(tally.duplicates(), 0, "a batch was delivered twice");
+    assert!(missing.len() as u64 <= counted, "lost {} envelopes, counted {counted}: {missing:?}", missing.len());
+}

@@ -164,8 +164,27 @@ impl EgressTask {
                 return;
             }
         }
-        // Shutdown: let ingress streams finish (bounded), then flush what is buffered and end the stream.
-        let _ = tokio::time::timeout(self.grace, self.active_ingress.wait_idle()).await;
+        // Shutdown: keep delivering while the ingress streams finish (bounded by the grace), then
+        // flush what is buffered and end the stream. Waiting without delivering (as before) let a
+        // subscriber's buffer overflow during a rolling restart: the agents go on sending on their
+        // open streams until they recycle them, and all of that was dropped.
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let active = std::sync::Arc::clone(&self.active_ingress);
+        let idle = async move { active.wait_idle().await };
+        tokio::pin!(idle);
+        loop {
+            if self.carry.is_none() {
+                tokio::select! {
+                    _ = &mut idle => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = self.subscriber.diode.wait_for_data() => {}
+                    _ = self.tx.closed() => return,
+                }
+            }
+            if !self.send_available().await {
+                return;
+            }
+        }
         while self.carry.is_some() || !self.subscriber.diode.is_empty() {
             if !self.send_available().await {
                 return;
