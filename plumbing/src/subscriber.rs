@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use loggregator_proto::stream::{batched_receiver, MessageStream};
-use loggregator_proto::v2::EgressBatchRequest;
+use loggregator_proto::v2::{
+    selector, CounterSelector, EgressBatchRequest, EventSelector, GaugeSelector, LogSelector, Selector, TimerSelector,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
@@ -28,6 +30,22 @@ use crate::Counter;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest wait between attempts unless configured otherwise.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The firehose: every envelope type from every source, one selector per type so nothing arrives
+/// twice, with preferred tags. Readers that want every envelope give it a shard id of their own.
+pub fn firehose(shard_id: String) -> EgressBatchRequest {
+    let selectors = [
+        selector::Message::Log(LogSelector {}),
+        selector::Message::Counter(CounterSelector { name: String::new() }),
+        selector::Message::Gauge(GaugeSelector { names: Vec::new() }),
+        selector::Message::Timer(TimerSelector {}),
+        selector::Message::Event(EventSelector {}),
+    ]
+    .into_iter()
+    .map(|message| Selector { source_id: String::new(), message: Some(message) })
+    .collect();
+    EgressBatchRequest { shard_id, selectors, use_preferred_tags: true, ..Default::default() }
+}
 
 /// The endpoint settings of a long-lived subscription: `http://addr` (TLS is done by
 /// [`crate::grpc`]'s connector, so tonic sees plain HTTP/2), keepalive pings every 15 s with a 20 s

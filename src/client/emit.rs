@@ -2,8 +2,6 @@
 //! arguments or one envelope per line of stdin, so anything that writes lines can log into the
 //! pipeline.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use loggregator_proto::bytes::Bytes;
@@ -13,6 +11,7 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::mpsc;
 
 use super::grpc::{connect, GrpcTlsArgs};
+use super::now_nanos;
 
 /// Envelopes per batch when reading stdin; a batch also goes out whenever stdin has nothing more
 /// ready, so an interactive writer sees its line sent at once.
@@ -60,10 +59,6 @@ pub struct EmitArgs {
     /// Log text (joined by spaces), `name=value[unit]` gauges, `name=delta` counters, or an event's
     /// title and body; without any, lines are read from stdin.
     pub text: Vec<String>,
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// `12.5%` → (12.5, "%"); `1048576bytes` → (1048576, "bytes"): the longest leading number, then

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::format::cf_log_lines;
 use super::http::{Http, HttpArgs};
 use super::logcache::{envelope_key, EnvelopeType, LogCache, ReadQuery, Walk};
+use super::now_nanos;
 use super::sse;
 
 /// How long after the stream (re)connects log-cache is read again for the seam: log-cache has
@@ -196,12 +197,6 @@ async fn recent(log_cache: &LogCache, source: &str) -> anyhow::Result<Vec<v2::En
     let mut envelopes = log_cache.read(source, &query).await?;
     envelopes.reverse();
     Ok(envelopes)
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 pub async fn run(args: LogsArgs) -> anyhow::Result<()> {

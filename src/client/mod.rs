@@ -4,6 +4,13 @@
 //! `/metrics`), so they work against any deployment, the original's included. Defaults are the
 //! all-in-one's port table; errors are one line naming the endpoint.
 
+/// The wall clock in Unix nanoseconds, as envelopes and log-cache's reads count time.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 pub mod emit;
 pub mod format;
 pub mod grpc;

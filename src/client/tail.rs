@@ -13,6 +13,7 @@ use regex::Regex;
 use super::format::tail_line;
 use super::http::{Http, HttpArgs};
 use super::logcache::{EnvelopeType, LogCache, ReadQuery, Walk};
+use super::now_nanos;
 
 /// How long `-f` leaves envelopes to settle in log-cache before reading them: one that arrives
 /// out of order behind the walk's cursor would otherwise be skipped. The cf CLI waits 2 s too.
@@ -101,12 +102,6 @@ impl Filter {
                 _ => false,
             }
     }
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {

@@ -10,9 +10,7 @@ use anyhow::bail;
 use clap::Args;
 use loggregator::promtext::Sample;
 use loggregator_proto::scan::BatchScanner;
-use loggregator_proto::v2::{selector, EgressBatchRequest, EventSelector, GaugeSelector, LogSelector, Selector};
-use loggregator_proto::v2::{CounterSelector, TimerSelector};
-use plumbing::subscriber::Subscription;
+use plumbing::subscriber::{firehose, Subscription};
 use tokio_util::sync::CancellationToken;
 
 use super::format::table;
@@ -86,22 +84,6 @@ fn hop_totals(samples: &[Sample]) -> Hops {
     totals
 }
 
-fn firehose_request() -> EgressBatchRequest {
-    let selectors = [
-        selector::Message::Log(LogSelector {}),
-        selector::Message::Counter(CounterSelector { name: String::new() }),
-        selector::Message::Gauge(GaugeSelector { names: Vec::new() }),
-        selector::Message::Timer(TimerSelector {}),
-        selector::Message::Event(EventSelector {}),
-    ]
-    .into_iter()
-    .map(|message| Selector { source_id: String::new(), message: Some(message) })
-    .collect();
-    // A shard of its own: `top` sees every envelope instead of sharing them with another reader.
-    let shard_id = format!("loggregator-top-{:016x}", fastrand::u64(..));
-    EgressBatchRequest { shard_id, selectors, use_preferred_tags: true, ..Default::default() }
-}
-
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     if !(args.interval.is_finite() && args.interval >= 0.1) {
         bail!("--interval must be at least 0.1 seconds");
@@ -110,7 +92,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     let http = Http::new(&args.http)?;
     // Connect once up front so an unreachable RLP is the command's error, not a silent retry.
     let channel = connect("the reverse log proxy", &args.rlp, &args.tls, "reverselogproxy").await?;
-    let mut subscription = Subscription::new(args.rlp.clone(), channel, firehose_request(), MAX_MESSAGE);
+    // A shard of its own: `top` sees every envelope instead of sharing them with another reader.
+    let shard_id = format!("loggregator-top-{:016x}", fastrand::u64(..));
+    let mut subscription = Subscription::new(args.rlp.clone(), channel, firehose(shard_id), MAX_MESSAGE);
     subscription
         .open()
         .await

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use loggregator_proto::v2::{
-    selector, CounterSelector, EgressBatchRequest, EventSelector, GaugeSelector, LogSelector, Selector, TimerSelector,
-};
+use loggregator_proto::v2::EgressBatchRequest;
 use loggregator_proto::wire::{read_key, read_len, read_varint, skip_field, WireType};
 use loggregator_proto::ScanError;
 use plumbing::subscriber::{Subscription, SubscriptionMetrics};
@@ -41,20 +39,7 @@ pub struct SubStats {
     pub worst_us: AtomicU64,
 }
 
-/// Every envelope type from every source: one selector per type, so nothing arrives twice.
-pub fn firehose(shard_id: String) -> EgressBatchRequest {
-    let selectors = [
-        selector::Message::Log(LogSelector {}),
-        selector::Message::Counter(CounterSelector { name: String::new() }),
-        selector::Message::Gauge(GaugeSelector { names: Vec::new() }),
-        selector::Message::Timer(TimerSelector {}),
-        selector::Message::Event(EventSelector {}),
-    ]
-    .into_iter()
-    .map(|message| Selector { source_id: String::new(), message: Some(message) })
-    .collect();
-    EgressBatchRequest { shard_id, selectors, use_preferred_tags: true, ..Default::default() }
-}
+pub use plumbing::subscriber::firehose;
 
 /// The source id and timestamp of each envelope of an encoded `EnvelopeBatch`: all a subscriber
 /// needs. Unlike the pipeline's scanner it reads no further into an envelope than these two fields
