@@ -68,22 +68,40 @@ async fn wait_sent(emitter: &Emitter, count: u64) {
     assert!(ok, "emitter stalled at {}", emitter.sent());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_of_a_doppler_under_load_fails_over_and_loses_only_what_was_in_flight() {
+/// Two Dopplers with a subscriber each, an agent spreading its connections over both, and an
+/// emitter at `RATE` whose traffic both subscribers already see: the start of every test that
+/// takes one of two Dopplers away under load.
+struct TwoDopplers {
+    a: Proc,
+    b: Proc,
+    agent: Proc,
+    tally: SharedTally,
+    emitter: Emitter,
+    /// Held so the subscriptions live as long as the test.
+    subscribers: [Subscriber; 2],
+}
+
+async fn two_dopplers_under_load() -> TwoDopplers {
     let (a_addr, b_addr, agent_addr) = (free_addr(), free_addr(), free_addr());
-    let mut a = doppler("doppler-a", a_addr, &[]).await;
+    let a = doppler("doppler-a", a_addr, &[]).await;
     let b = doppler("doppler-b", b_addr, &[]).await;
     let agent = agent(agent_addr, &[a_addr, b_addr], &[]).await;
     let (tally, base) = (tally(), now_ns());
-    let _sa = Subscriber::start("a", a_addr, SOURCE, base, &tally).await;
-    let _sb = Subscriber::start("b", b_addr, SOURCE, base, &tally).await;
+    let subscribers = [
+        Subscriber::start("a", a_addr, SOURCE, base, &tally).await,
+        Subscriber::start("b", b_addr, SOURCE, base, &tally).await,
+    ];
     wait_subscribed(&a, 1).await;
     wait_subscribed(&b, 1).await;
-
     let emitter = Emitter::start(agent_addr, base, SOURCE, RATE, 100).await;
-    // The agent spreads its connections over both Dopplers.
     wait_received(&tally, "a", RATE / 10).await;
     wait_received(&tally, "b", RATE / 10).await;
+    TwoDopplers { a, b, agent, tally, emitter, subscribers }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_a_doppler_under_load_fails_over_and_loses_only_what_was_in_flight() {
+    let TwoDopplers { mut a, b, agent, tally, emitter, subscribers: _subscribers } = two_dopplers_under_load().await;
 
     // How far the agent's intake trails the emitter just before the kill: on a loaded machine the
     // agent reads its ingress late, so what was in flight towards A at the kill can be older than
@@ -132,18 +150,7 @@ async fn kill9_of_a_doppler_under_load_fails_over_and_loses_only_what_was_in_fli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_of_a_doppler_moves_traffic_to_the_other_within_a_second_and_loses_nothing() {
-    let (a_addr, b_addr, agent_addr) = (free_addr(), free_addr(), free_addr());
-    let a = doppler("doppler-a", a_addr, &[]).await;
-    let b = doppler("doppler-b", b_addr, &[]).await;
-    let agent = agent(agent_addr, &[a_addr, b_addr], &[]).await;
-    let (tally, base) = (tally(), now_ns());
-    let _sa = Subscriber::start("a", a_addr, SOURCE, base, &tally).await;
-    let _sb = Subscriber::start("b", b_addr, SOURCE, base, &tally).await;
-    wait_subscribed(&a, 1).await;
-    wait_subscribed(&b, 1).await;
-    let emitter = Emitter::start(agent_addr, base, SOURCE, RATE, 100).await;
-    wait_received(&tally, "a", RATE / 10).await;
-    wait_received(&tally, "b", RATE / 10).await;
+    let TwoDopplers { a, b, agent, tally, emitter, subscribers: _subscribers } = two_dopplers_under_load().await;
 
     // Frozen, not dead: its sockets stay open and nothing answers. The agent's streams to it stop
     // taking batches at their next recycle (`stream_max_age`, 1 s), while the close waits for an
@@ -495,18 +502,7 @@ async fn an_agent_stopped_with_sigterm_delivers_its_buffer_and_serves_again_afte
 /// at most a second of traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_of_a_doppler_longer_than_the_agents_grace_loses_at_most_a_second_of_its_share() {
-    let (a_addr, b_addr, agent_addr) = (free_addr(), free_addr(), free_addr());
-    let a = doppler("doppler-a", a_addr, &[]).await;
-    let b = doppler("doppler-b", b_addr, &[]).await;
-    let agent = agent(agent_addr, &[a_addr, b_addr], &[]).await;
-    let (tally, base) = (tally(), now_ns());
-    let _sa = Subscriber::start("a", a_addr, SOURCE, base, &tally).await;
-    let _sb = Subscriber::start("b", b_addr, SOURCE, base, &tally).await;
-    wait_subscribed(&a, 1).await;
-    wait_subscribed(&b, 1).await;
-    let emitter = Emitter::start(agent_addr, base, SOURCE, RATE, 100).await;
-    wait_received(&tally, "a", RATE / 10).await;
-    wait_received(&tally, "b", RATE / 10).await;
+    let TwoDopplers { a, b, agent, tally, emitter, subscribers: _subscribers } = two_dopplers_under_load().await;
 
     // Frozen past the agent's 1 s recycle plus 5 s grace: the agent gives its streams to A up.
     a.sigstop();
@@ -615,18 +611,7 @@ async fn a_stalled_websocket_firehose_is_closed_as_a_slow_consumer_and_rlp_clien
 /// every envelope reaches one of the two subscribers, or is a counted drop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_a_doppler_under_load_drains_it_and_loses_nothing() {
-    let (a_addr, b_addr, agent_addr) = (free_addr(), free_addr(), free_addr());
-    let mut a = doppler("doppler-a", a_addr, &[]).await;
-    let b = doppler("doppler-b", b_addr, &[]).await;
-    let agent = agent(agent_addr, &[a_addr, b_addr], &[]).await;
-    let (tally, base) = (tally(), now_ns());
-    let _sa = Subscriber::start("a", a_addr, SOURCE, base, &tally).await;
-    let _sb = Subscriber::start("b", b_addr, SOURCE, base, &tally).await;
-    wait_subscribed(&a, 1).await;
-    wait_subscribed(&b, 1).await;
-    let emitter = Emitter::start(agent_addr, base, SOURCE, RATE, 100).await;
-    wait_received(&tally, "a", RATE / 10).await;
-    wait_received(&tally, "b", RATE / 10).await;
+    let TwoDopplers { mut a, b, agent, tally, emitter, subscribers: _subscribers } = two_dopplers_under_load().await;
 
     let terminated_at = emitter.sent();
     assert!(a.terminate().await, "the Doppler exits 0 on SIGTERM");
