@@ -635,3 +635,148 @@ async fn sigterm_of_a_doppler_under_load_drains_it_and_loses_nothing() {
     assert_eq!(tally.duplicates(), 0, "a batch was delivered twice");
     assert!(missing.len() as u64 <= counted, "lost {} envelopes, counted {counted}: {missing:?}", missing.len());
 }
+
+/// One `loggregator traffic-controller` reading `doppler`, with its three listeners.
+async fn traffic_controller(
+    name: &str,
+    doppler: std::net::SocketAddr,
+) -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {
+    let (rlp, gateway, websocket) = (free_addr(), free_addr(), free_addr());
+    let args = strings(&[
+        "traffic-controller",
+        "--doppler",
+        &doppler.to_string(),
+        "--rlp-addr",
+        &rlp.to_string(),
+        "--gateway-addr",
+        &gateway.to_string(),
+        "--websocket-addr",
+        &websocket.to_string(),
+    ]);
+    (Proc::start(name, &args, &[rlp, gateway, websocket]).await, rlp, websocket)
+}
+
+/// A rolling restart of a traffic controller (issue 17): SIGTERM, as Kubernetes sends it after the
+/// preStop. Two replicas read one Doppler, each with an RLP client in one shard group (so the
+/// Doppler splits the group's copy between their subscriptions, as two nozzles behind the Service).
+/// The terminated replica ends its RLP stream with status OK after what it held is delivered,
+/// closes its WebSocket clients with a close frame, and exits 0 within its grace (5 s); from then
+/// on the Doppler sends the whole copy to the other replica. What is lost is at most what was in
+/// flight between the Doppler and the terminated replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_a_traffic_controller_ends_its_streams_cleanly_and_its_replica_takes_over() {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let d_addr = free_addr();
+    let doppler = doppler("doppler", d_addr, &[]).await;
+    let (mut a, rlp_a, ws_a) = traffic_controller("traffic-controller-a", d_addr).await;
+    let (_b, rlp_b, _) = traffic_controller("traffic-controller-b", d_addr).await;
+    let (tally, base) = (tally(), now_ns());
+    let sub_a = Subscriber::start_in_group("a", "rolling", channel(rlp_a).await, SOURCE, base, &tally).await;
+    let _sub_b = Subscriber::start_in_group("b", "rolling", channel(rlp_b).await, SOURCE, base, &tally).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_a}/firehose/rolling-ws"))
+        .await
+        .expect("the firehose upgrades");
+    // A's and B's RLP streams, and A's firehose.
+    wait_subscribed(&doppler, 3).await;
+    let emitter = Emitter::start(d_addr, base, SOURCE, RATE, 100).await;
+    wait_received(&tally, "a", RATE / 4).await;
+    wait_received(&tally, "b", RATE / 4).await;
+    let ws_reader = tokio::spawn(async move {
+        let mut frames = 0u64;
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Message::Binary(_) => frames += 1,
+                Message::Close(frame) => return (frames, frame.map(|f| u16::from(f.code))),
+                _ => {}
+            }
+        }
+        (frames, None)
+    });
+
+    let terminated_at = emitter.sent();
+    let started = Instant::now();
+    assert!(a.terminate().await, "the traffic controller exits 0 on SIGTERM");
+    let took = started.elapsed();
+    let after_exit = emitter.sent();
+    // Another second on B alone, then stop and wait until B's client has everything since.
+    wait_sent(&emitter, after_exit + RATE).await;
+    let sent = emitter.finish().await;
+    let complete_after_exit = eventually(DEADLINE, || async { tally.lock().has_all(after_exit, sent) }).await;
+    let (frames, close) = tokio::time::timeout(DEADLINE, ws_reader).await.expect("the WebSocket ends").expect("reads");
+
+    let tally = tally.lock();
+    let missing = tally.missing(sent);
+    eprintln!(
+        "traffic controller SIGTERM: exited in {took:?}; sent {sent}, terminated at #{terminated_at}, exited at \
+         #{after_exit}; via A {}, via B {}, missing {} ({:?}..{:?}); A's RLP stream ended {:?}; WebSocket: {frames} \
+         frames, close {close:?}",
+        tally.received_by("a"),
+        tally.received_by("b"),
+        missing.len(),
+        missing.first(),
+        missing.last(),
+        sub_a.end()
+    );
+    assert!(took < Duration::from_secs(5) + Duration::from_secs(2), "took {took:?}, more than its grace");
+    assert_eq!(sub_a.end(), Some(Ok(())), "A's RLP stream did not end with status OK");
+    assert_eq!(close, Some(1000), "A's WebSocket client got no normal close frame");
+    assert!(frames > 0, "the firehose client got nothing before the close");
+    assert!(complete_after_exit, "B's client lacks envelopes sent after A exited");
+    assert_eq!(tally.duplicates(), 0, "an envelope came through both replicas");
+    assert!(
+        missing.len() as u64 <= IN_FLIGHT_TO_ONE_DOPPLER,
+        "lost {} envelopes, more than can be in flight to one subscriber",
+        missing.len()
+    );
+    assert!(missing.iter().all(|s| *s >= terminated_at.saturating_sub(IN_FLIGHT_TO_ONE_DOPPLER) && *s < after_exit));
+}
+
+/// A rolling restart of a log-cache node (issue 17): SIGTERM, as Kubernetes sends it. The node
+/// exits 0 within its grace (5 s); while it is away the other node serves its own sources and
+/// answers a read of the stopped node's at once with an empty batch (PROTOCOLS.md §6.2: a node
+/// answering UNAVAILABLE reads as empty; a refused connection is UNAVAILABLE, no hang); back,
+/// it holds only what arrived since (in memory only, PROTOCOLS.md §6.4), and the other node's
+/// sources kept their history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_a_log_cache_node_exits_in_its_grace_and_the_other_node_keeps_serving() {
+    let dir = TempDir::new("cluster-sigterm");
+    let (g0, g1) = (free_addr(), free_addr());
+    let nodes = format!("{g0},{g1}");
+    let _n0 = log_cache("log-cache-0", &dir, g0, &["--node-addr", &nodes, "--node-index", "0"]).await;
+    let mut n1 = log_cache("log-cache-1", &dir, g1, &["--node-addr", &nodes, "--node-index", "1"]).await;
+    let owned_by = |node: usize| {
+        (0..).map(|i| format!("rolling-{i}")).find(|s| log_cache::cluster::owner_of(s, 2) == node).expect("some source")
+    };
+    let (mine, theirs) = (owned_by(0), owned_by(1));
+    let base = now_ns() - 60_000_000_000;
+    for source in [&mine, &theirs] {
+        let source = source.clone();
+        log_cache_send(g0, base, 0, 10, &move |_| source.clone(), 100).await;
+    }
+    assert_eq!(log_cache_read(g0, &theirs, base, 1000).await.expect("reads via node 0").len(), 10);
+
+    let started = Instant::now();
+    assert!(n1.terminate().await, "log-cache exits 0 on SIGTERM");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5) + Duration::from_secs(2), "took {took:?}, more than its grace");
+    let own = log_cache_read(g0, &mine, base, 1000).await.expect("node 0's own source is served");
+    assert_eq!(own.len(), 10);
+    let started = Instant::now();
+    let remote = log_cache_read(g0, &theirs, base, 1000).await;
+    let remote_took = started.elapsed();
+    eprintln!("log-cache SIGTERM: exited in {took:?}; a read of its source answered in {remote_took:?}: {remote:?}");
+    assert_eq!(remote.expect("a read of a stopped node's source is answered"), Vec::<u64>::new());
+    assert!(remote_took < Duration::from_secs(3), "the read of a stopped node's source took {remote_took:?}");
+
+    n1.restart().await;
+    let back = eventually(DEADLINE, || async {
+        log_cache_read(g0, &theirs, base, 1000).await.is_ok_and(|seqs| seqs.is_empty())
+    })
+    .await;
+    assert!(back, "node 1 does not serve again after its restart");
+    let theirs_again = theirs.clone();
+    log_cache_send(g0, base, 10, 5, &move |_| theirs_again.clone(), 100).await;
+    assert_eq!(log_cache_read(g0, &theirs, base, 1000).await.expect("reads"), (10..15).collect::<Vec<u64>>());
+    assert_eq!(log_cache_read(g0, &mine, base, 1000).await.expect("reads").len(), 10, "node 0 kept its history");
+}

@@ -4,13 +4,14 @@
 //!
 //! Two agents, three Dopplers (a fourth joins through DNS), one traffic controller (RLP, gateway,
 //! WebSockets) and two log-cache nodes whose nozzles read the RLP. The test emits from both
-//! agents, tallies every envelope by sequence number at an RLP subscriber, a WebSocket firehose
-//! client and in log-cache (read from both nodes), and checks in turn: delivery is complete and
-//! every hop's counters add up; a Doppler whose link is cut (no FIN, no RST) is given up within a
-//! bounded time, what is lost is bounded by what the agents count `unconfirmed`, and it receives
-//! again when its link returns; a Doppler added to the DNS answer is used without a restart; a
-//! log-cache node killed and restarted loses only its own sources' history. It needs root, `ip`
-//! and `dnsmasq` and fails (does not skip) without them; `scripts/multihost` runs it.
+//! agents, tallies every envelope by sequence number at an RLP subscriber, an RLP gateway (SSE)
+//! client, a WebSocket firehose client and in log-cache (read from both nodes), and checks in
+//! turn: delivery is complete and every hop's counters add up; a Doppler whose link is cut (no
+//! FIN, no RST) is given up within a bounded time, what is lost is bounded by what the agents
+//! count `unconfirmed`, and it receives again when its link returns; a Doppler added to the DNS
+//! answer is used without a restart; a log-cache node killed and restarted loses only its own
+//! sources' history. It needs root, `ip` and `dnsmasq` and fails (does not skip) without them;
+//! `scripts/multihost` runs it.
 //! README.md "Multi-host test" says what each check asserts; a run prints its figures on
 //! `multihost:` lines (detection time, loss, counted drops).
 
@@ -40,11 +41,12 @@ const RATE: u64 = 1500;
 /// Each phase's emitters number from `phase × PHASE` (timestamps `base + n`), so one tally per
 /// source holds every phase apart.
 const PHASE: u64 = 10_000_000;
-/// Every Doppler delivers each envelope three times: to the RLP stream of the test's subscriber
-/// of its source, to one of the log-cache nozzles' streams (one shard group) and to the firehose.
-const DELIVERIES: u64 = 3;
-/// Streams the RLP serves: the two test subscribers and the two nozzles.
-const RLP_STREAMS: u64 = 4;
+/// Every Doppler delivers each envelope four times: to the RLP stream of the test's subscriber
+/// of its source, to one of the log-cache nozzles' streams (one shard group), to the RLP
+/// gateway's stream of the test's SSE client and to the firehose.
+const DELIVERIES: u64 = 4;
+/// Streams the RLP serves: the two test subscribers, the two nozzles and the gateway's.
+const RLP_STREAMS: u64 = 5;
 /// Subscriptions each Doppler holds: one per RLP stream, and the firehose's.
 const SUBSCRIPTIONS: u64 = RLP_STREAMS + 1;
 /// The longest a cut-off Doppler may hold an agent's stream by design: the stream's recycle
@@ -139,11 +141,60 @@ fn firehose(url: String, sources: [(String, SharedTally); 2], base: i64) -> toki
     })
 }
 
-/// Starts one emitter per agent for `phase` (envelopes numbered from `phase × PHASE`).
-async fn start_emitters(agents: &[Host], sources: &[String; 2], base: i64, phase: u64) -> Vec<Emitter> {
+/// An RLP gateway client (`GET /v2/read` of both sources' logs, Server-Sent Events) tallying
+/// the envelopes of each source, from the `data:` events' protojson batches.
+fn gateway_reader(addr: SocketAddr, sources: [(String, SharedTally); 2], base: i64) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let find = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
+    tokio::spawn(async move {
+        let target = format!("/v2/read?log&source_id={}&source_id={}", sources[0].0, sources[1].0);
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects to the gateway");
+        // HTTP/1.0: the body is the rest of the connection, not chunked.
+        let request = format!("GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("sends the request");
+        let (mut pending, mut in_body) = (Vec::new(), false);
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buffer[..n]);
+            if !in_body {
+                let Some(end) = find(&pending, b"\r\n\r\n") else { continue };
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                assert!(
+                    head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+                    "gateway answered {head}"
+                );
+                pending.drain(..end + 4);
+                in_body = true;
+            }
+            while let Some(end) = find(&pending, b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                for line in event.split(|b| *b == b'\n') {
+                    let Some(data) = line.strip_prefix(b"data: ") else { continue };
+                    let json: serde_json::Value = serde_json::from_slice(data).expect("a data event is JSON");
+                    for envelope in json["batch"].as_array().into_iter().flatten() {
+                        let source = envelope["source_id"].as_str().unwrap_or_default();
+                        let timestamp: i64 = envelope["timestamp"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+                        if let Some((_, tally)) = sources.iter().find(|(s, _)| s == source) {
+                            tally.lock().record("sse", (timestamp - base) as u64);
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Starts one emitter per agent for `phase` (envelopes numbered from `phase × PHASE`), each over
+/// mutual TLS as a co-located emitter speaks to its agent.
+async fn start_emitters(agents: &[Host], pki: &TestPki, sources: &[String; 2], base: i64, phase: u64) -> Vec<Emitter> {
     let mut emitters = Vec::new();
     for (host, source) in agents.iter().zip(sources) {
-        emitters.push(Emitter::start(at(host, AGENT), base + (phase * PHASE) as i64, source, RATE, 100).await);
+        let channel = tls_channel(at(host, AGENT), pki, "metron").await;
+        emitters.push(Emitter::start_on(channel, base + (phase * PHASE) as i64, source, RATE, 100).await);
     }
     emitters
 }
@@ -196,7 +247,7 @@ fn snapshot(metrics: &[Metrics], tallies: &[SharedTally]) -> Vec<u64> {
         .collect();
     values.extend(tallies.iter().map(|t| {
         let tally = t.lock();
-        tally.received_by("rlp") + tally.received_by("ws")
+        tally.received_by("rlp") + tally.received_by("ws") + tally.received_by("sse")
     }));
     values
 }
@@ -278,13 +329,17 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         let name = format!("log-cache-{i}");
         caches.push(Proc::start_with(&name, &host.exec(), &args, &listens, at(host, METRICS)).await);
     }
+    // Slow-consumer announcements go to an agent (the first: the traffic controller's host has
+    // none of its own here), over mutual TLS as every internal hop.
     let tc_config = format!(
         "dopplers = [\"{DOPPLER_NAME}:{GRPC}\"]\nresolve_interval = 1000\nlog_cache_addr = \"{}\"\n\
-         allow_unauthenticated_public = true\n{}{}[rlp]\naddr = \"{}\"\n{}[gateway]\naddr = \"{}\"\n\
-         [websocket]\naddr = \"{}\"\n",
+         agent_addr = \"{}\"\nallow_unauthenticated_public = true\n{}{}{}[rlp]\naddr = \"{}\"\n{}\
+         [gateway]\naddr = \"{}\"\n[websocket]\naddr = \"{}\"\n",
         at(&cache_hosts[0], LOG_CACHE),
+        at(&agent_hosts[0], AGENT),
         tls_table("doppler_tls", &pki.client_files()),
         tls_table("log_cache_tls", &pki.client_files()),
+        tls_table("agent_tls", &pki.client_files()),
         at(&tc_host, RLP),
         tls_table("rlp.tls", &pki.server_files()),
         at(&tc_host, GATEWAY),
@@ -297,8 +352,9 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     let mut agents = Vec::new();
     for (i, host) in agent_hosts.iter().enumerate() {
         let config = format!(
-            "grpc_addr = \"{}\"\ndopplers = [\"{DOPPLER_NAME}:{GRPC}\"]\nresolve_interval = 1000\n{}",
+            "grpc_addr = \"{}\"\ndopplers = [\"{DOPPLER_NAME}:{GRPC}\"]\nresolve_interval = 1000\n{}{}",
             at(host, AGENT),
+            tls_table("tls", &pki.server_files()),
             tls_table("doppler_tls", &pki.client_files())
         );
         let path = dir.file(&format!("agent-{i}.toml"), &config);
@@ -314,7 +370,8 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     let sources = [owned_by(0), owned_by(1)];
     let rlp_tallies = [tally(), tally()];
     let ws_tallies = [tally(), tally()];
-    let all_tallies: Vec<SharedTally> = rlp_tallies.iter().chain(&ws_tallies).cloned().collect();
+    let sse_tallies = [tally(), tally()];
+    let all_tallies: Vec<SharedTally> = rlp_tallies.iter().chain(&ws_tallies).chain(&sse_tallies).cloned().collect();
     let base = now_ns();
     let mut subscribers = Vec::new();
     for (source, tally) in sources.iter().zip(&rlp_tallies) {
@@ -326,20 +383,26 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         [(sources[0].clone(), ws_tallies[0].clone()), (sources[1].clone(), ws_tallies[1].clone())],
         base,
     );
+    let sse = gateway_reader(
+        at(&tc_host, GATEWAY),
+        [(sources[0].clone(), sse_tallies[0].clone()), (sources[1].clone(), sse_tallies[1].clone())],
+        base,
+    );
     for doppler in &dopplers {
         let (ok, m) = doppler.scrape_until(|m| m.sum("subscriptions", &[]) == SUBSCRIPTIONS).await;
         assert!(ok, "{} has not {SUBSCRIPTIONS} subscriptions:\n{}", doppler.name, m.0);
     }
     eprintln!("multihost: deployment up in {:?}", started.elapsed());
-    // Mutual TLS on the internal servers: a plaintext client gets nowhere.
+    // Mutual TLS on the internal servers (agents included): a plaintext client gets nowhere.
     let internal = doppler_hosts.iter().map(|h| at(h, GRPC)).chain([at(&tc_host, RLP)]);
+    let internal = internal.chain(agent_hosts.iter().map(|h| at(h, AGENT)));
     for addr in internal.chain(cache_hosts.iter().map(|h| at(h, LOG_CACHE))) {
         assert!(refuses_plaintext(addr).await, "{addr} serves a plaintext gRPC client");
     }
     let agent_pids: Vec<u32> = agents.iter().map(Proc::pid).collect();
 
     // === 1. steady delivery: complete everywhere, every hop adding up exactly ===
-    let emitters = start_emitters(&agent_hosts, &sources, base, 0).await;
+    let emitters = start_emitters(&agent_hosts, &pki, &sources, base, 0).await;
     wait_sent(&emitters, RATE * 3).await;
     let sent1 = finish(emitters).await;
     eprintln!("multihost: 1. emitted {sent1:?}");
@@ -359,9 +422,13 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         let (i, e, d) = (tc_m.sum("ingress", labels), tc_m.sum("egress", labels), tc_m.sum("dropped", labels));
         assert_eq!(i, e + d, "{labels:?}: ingress ≠ egress + dropped");
     }
-    let to_clients: u64 = rlp_tallies.iter().map(|t| t.lock().received_by("rlp")).sum();
+    let to_clients: u64 = rlp_tallies.iter().map(|t| t.lock().received_by("rlp")).sum::<u64>()
+        + sse_tallies.iter().map(|t| t.lock().received_by("sse")).sum::<u64>();
     let nozzles = sum(cache_m, "nozzle_received", &[]);
-    assert_eq!(tc_m.sum("egress", &RLP_COMPONENT), to_clients + nozzles, "RLP → subscribers and nozzles");
+    assert_eq!(tc_m.sum("egress", &RLP_COMPONENT), to_clients + nozzles, "RLP → subscribers, gateway and nozzles");
+    let gateway_egress = tc_m.sum("egress", &[("component", "rlp-gateway")]);
+    let sse_received: u64 = sse_tallies.iter().map(|t| t.lock().received_by("sse")).sum();
+    assert_eq!(gateway_egress, sse_received, "gateway → the SSE client");
     let ws_received: u64 = ws_tallies.iter().map(|t| t.lock().received_by("ws")).sum();
     assert_eq!(tc_m.sum("egress", &WS_COMPONENT), ws_received, "firehose → the WebSocket client");
     let cache_dropped = sum(cache_m, "dropped", &[]);
@@ -369,7 +436,7 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     let forwarded: Vec<u64> = cache_m.iter().map(|c| c.sum("forwarded", &[])).collect();
     assert!(forwarded.iter().all(|f| *f > 0), "each node forwards the other's source: {forwarded:?}");
     for i in 0..2 {
-        for (path, tallies) in [("rlp", &rlp_tallies), ("ws", &ws_tallies)] {
+        for (path, tallies) in [("rlp", &rlp_tallies), ("ws", &ws_tallies), ("sse", &sse_tallies)] {
             let tally = tallies[i].lock();
             assert_eq!(tally.missing(sent1[i]), Vec::<u64>::new(), "{}: lost on the way to {path}", sources[i]);
             assert_eq!(tally.duplicates(), 0, "{}: duplicates at {path}", sources[i]);
@@ -380,7 +447,7 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         }
     }
     eprintln!(
-        "multihost: 1. steady: sent {sent1:?}, complete at the RLP, the firehose and both log-cache nodes \
+        "multihost: 1. steady: sent {sent1:?}, complete at the RLP, the gateway, the firehose and both log-cache nodes \
          (forwarded {forwarded:?}); Doppler ingress {:?}",
         doppler_m.iter().map(|m| m.sum("ingress", &[])).collect::<Vec<_>>()
     );
@@ -388,7 +455,7 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
 
     // === 2. a Doppler host cut off (link down: no FIN, no RST), then back ===
     let unconfirmed_before = sum(&agent_scrape(&agents).await, "unconfirmed", &[]);
-    let emitters = start_emitters(&agent_hosts, &sources, base, 1).await;
+    let emitters = start_emitters(&agent_hosts, &pki, &sources, base, 1).await;
     let d3_start = dopplers[2].metrics().await.sum("ingress", &[]);
     let (ok, _) = dopplers[2].scrape_until(|m| m.sum("ingress", &[]) > d3_start + RATE / 10).await;
     assert!(ok, "doppler-3 gets no share of the agents' traffic");
@@ -493,7 +560,7 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     let mut lost = Vec::new();
     for i in 0..2 {
         let (from, to) = (PHASE, PHASE + sent2[i]);
-        for (path, tallies) in [("rlp", &rlp_tallies), ("ws", &ws_tallies)] {
+        for (path, tallies) in [("rlp", &rlp_tallies), ("ws", &ws_tallies), ("sse", &sse_tallies)] {
             let tally = tallies[i].lock();
             let missing: Vec<u64> = (from..to).filter(|s| !tally.has(*s)).collect();
             assert_eq!(tally.duplicates(), 0, "{}: duplicates at {path}", sources[i]);
@@ -551,7 +618,7 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         assert_eq!(log_cache_all(c(n), &pki, &sources[1], base).await.expect("reads"), BTreeSet::new());
         assert_eq!(log_cache_all(c(n), &pki, &sources[0], base).await.expect("reads"), held[0]);
     }
-    let emitters = start_emitters(&agent_hosts, &sources, base, 2).await;
+    let emitters = start_emitters(&agent_hosts, &pki, &sources, base, 2).await;
     wait_sent(&emitters, RATE).await;
     let sent3 = finish(emitters).await;
     for (total, sent) in total_sent.iter_mut().zip(&sent3) {
@@ -601,5 +668,6 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
     assert_eq!(tc_m.sum("egress", &WS_COMPONENT), ws_received, "firehose → the WebSocket client");
     eprintln!("multihost: the whole run took {:?}", started.elapsed());
     drop(ws);
+    drop(sse);
     drop(subscribers);
 }

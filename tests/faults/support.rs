@@ -392,12 +392,23 @@ pub struct Emitter {
 impl Emitter {
     /// Envelope `n` has timestamp `base + n`.
     pub async fn start(addr: SocketAddr, base: i64, source_id: &str, per_second: u64, payload_len: usize) -> Emitter {
+        Self::start_on(channel(addr).await, base, source_id, per_second, payload_len).await
+    }
+
+    /// The same on a channel of the caller's (one with TLS, say).
+    pub async fn start_on(
+        channel: Channel,
+        base: i64,
+        source_id: &str,
+        per_second: u64,
+        payload_len: usize,
+    ) -> Emitter {
         let sent = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let per_tick = (per_second / 100).max(1);
         let payload = Bytes::from(vec![b'x'; payload_len]);
         let source_id = source_id.to_string();
-        let mut client = IngressClient::new(channel(addr).await);
+        let mut client = IngressClient::new(channel);
         let (counter, token) = (Arc::clone(&sent), stop.clone());
         let task = tokio::spawn(async move {
             let (mut tx, rx) = futures::channel::mpsc::channel::<EnvelopeBatch>(4);
@@ -512,9 +523,9 @@ pub fn log_selector(source_id: &str) -> v2::Selector {
 }
 
 /// One `BatchedReceiver` stream counting the envelopes of `source_id` into a tally. It does not
-/// reconnect: when its server goes away, so does the stream (`ended`).
+/// reconnect: when its server goes away, so does the stream (`ended`, and how: [`Subscriber::end`]).
 pub struct Subscriber {
-    ended: Arc<std::sync::atomic::AtomicBool>,
+    end: Arc<Mutex<Option<Result<(), loggregator_proto::tonic::Code>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -525,31 +536,54 @@ impl Subscriber {
 
     /// The same on a channel of the caller's (one with TLS, say).
     pub async fn start_on(name: &str, channel: Channel, source_id: &str, base: i64, tally: &SharedTally) -> Subscriber {
+        Self::start_in_group(name, &format!("faults-{name}"), channel, source_id, base, tally).await
+    }
+
+    /// The same in shard group `shard_id`, which other subscribers may share (each gets a part).
+    pub async fn start_in_group(
+        name: &str,
+        shard_id: &str,
+        channel: Channel,
+        source_id: &str,
+        base: i64,
+        tally: &SharedTally,
+    ) -> Subscriber {
         let request = EgressBatchRequest {
-            shard_id: format!("faults-{name}"),
+            shard_id: shard_id.to_string(),
             selectors: vec![log_selector(source_id)],
             ..Default::default()
         };
         let mut client = EgressClient::new(channel).max_decoding_message_size(16 << 20);
         let mut stream = client.batched_receiver(request).await.expect("subscribes").into_inner();
-        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (tally, name, flag) = (Arc::clone(tally), name.to_string(), Arc::clone(&ended));
+        let end = Arc::new(Mutex::new(None));
+        let (tally, name, end_of_task) = (Arc::clone(tally), name.to_string(), Arc::clone(&end));
         let task = tokio::spawn(async move {
-            while let Ok(Some(batch)) = stream.message().await {
-                let mut tally = tally.lock();
-                *tally.per_subscriber.entry(name.clone()).or_default() += batch.batch.len() as u64;
-                for envelope in batch.batch {
-                    let seq = (envelope.timestamp - base) as u64;
-                    *tally.seen.entry(seq).or_default() += 1;
+            let ended = loop {
+                match stream.message().await {
+                    Ok(Some(batch)) => {
+                        let mut tally = tally.lock();
+                        *tally.per_subscriber.entry(name.clone()).or_default() += batch.batch.len() as u64;
+                        for envelope in batch.batch {
+                            let seq = (envelope.timestamp - base) as u64;
+                            *tally.seen.entry(seq).or_default() += 1;
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(status.code()),
                 }
-            }
-            flag.store(true, Ordering::SeqCst);
+            };
+            *end_of_task.lock() = Some(ended);
         });
-        Subscriber { ended, task }
+        Subscriber { end, task }
     }
 
     pub fn ended(&self) -> bool {
-        self.ended.load(Ordering::SeqCst)
+        self.end.lock().is_some()
+    }
+
+    /// How the stream ended: `Ok` when the server ended it with status OK; `None` while it runs.
+    pub fn end(&self) -> Option<Result<(), loggregator_proto::tonic::Code>> {
+        *self.end.lock()
     }
 }
 

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each harness (multihost.rs, multihost_scale.rs) uses its own part of it
 //! Hosts for the multi-host test: network namespaces joined by a bridge, and a DNS server.
 //!
 //! Each [`Host`] is a network namespace with one veth link to a bridge in the root namespace, where
