@@ -93,6 +93,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .method(method("read", "Read", "crate::logcache::v1::ReadRequest", "crate::raw::EncodedReadResponse").build())
         .method(method("meta", "Meta", "crate::logcache::v1::MetaRequest", "crate::logcache::v1::MetaResponse").build())
         .build();
-    Builder::new().build_client(false).out_dir(&server_dir).compile(&[logcache_egress]);
+    // log-cache's Ingress: a node receives `Send` undecoded (its batch scanned, as the nozzle's)
+    // and forwards to the owner node from the received envelope slices.
+    let logcache_ingress = |input: &str| {
+        Service::builder()
+            .name("Ingress")
+            .package("logcache.v1")
+            .method(method("send", "Send", input, "crate::logcache::v1::SendResponse").build())
+            .build()
+    };
+    Builder::new()
+        .build_client(false)
+        .out_dir(&server_dir)
+        .compile(&[logcache_egress, logcache_ingress("crate::raw::RawSendRequest")]);
+    Builder::new()
+        .build_server(false)
+        .out_dir(&client_dir)
+        .compile(&[logcache_ingress("crate::raw::EncodedSendRequest")]);
     Ok(())
 }

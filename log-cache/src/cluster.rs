@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use loggregator_proto::logcache::v1::egress_client::EgressClient;
-use loggregator_proto::logcache::v1::ingress_client::IngressClient;
+use loggregator_proto::raw::client::logcache_ingress::ingress_client::IngressClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::{Config, LOG_CACHE_SERVER_NAME};
@@ -46,7 +46,7 @@ pub enum ClusterError {
     Tls(#[from] plumbing::tls::TlsError),
 }
 
-/// A peer node's clients.
+/// A peer node's clients (`ingress` sends pre-encoded envelopes: forwarding never re-encodes).
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub addr: String,

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use loggregator_proto::logcache::v1::ingress_server::Ingress;
-use loggregator_proto::logcache::v1::{MetaRequest, MetaResponse, ReadRequest, SendRequest, SendResponse};
+use loggregator_proto::logcache::v1::{MetaRequest, MetaResponse, ReadRequest, SendResponse};
 use loggregator_proto::prost::Message;
 use loggregator_proto::raw::server::logcache_egress::egress_server::Egress;
-use loggregator_proto::raw::{EncodedBatch, EncodedReadResponse};
+use loggregator_proto::raw::server::logcache_ingress::ingress_server::Ingress;
+use loggregator_proto::raw::{EncodedBatch, EncodedReadResponse, RawSendRequest};
 use tonic::{Request, Response, Status};
 
 use crate::service::{ApiError, EncodedRead, Service};
@@ -55,8 +55,10 @@ impl Egress for LogCacheGrpc {
 
 #[tonic::async_trait]
 impl Ingress for LogCacheGrpc {
-    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        self.service.send(request.into_inner()).await.map_err(status)?;
+    /// Stores and forwards the request's envelopes as they arrived: the batch is scanned (a slice
+    /// of the receive buffer), never decoded.
+    async fn send(&self, request: Request<RawSendRequest>) -> Result<Response<SendResponse>, Status> {
+        self.service.send_raw(request.into_inner()).await.map_err(status)?;
         Ok(Response::new(SendResponse {}))
     }
 }

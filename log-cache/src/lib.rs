@@ -36,9 +36,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use loggregator_proto::logcache::v1::ingress_server::IngressServer;
 use loggregator_proto::logcache::v1::prom_ql_querier_server::PromQlQuerierServer;
 use loggregator_proto::raw::server::logcache_egress::egress_server::EgressServer;
+use loggregator_proto::raw::server::logcache_ingress::ingress_server::IngressServer;
 use plumbing::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -3,8 +3,8 @@
 //! One nozzle per configured address, shard id `log-cache` (so several log-cache nodes split the
 //! firehose instead of each getting a copy, §2.5), selectors for all five envelope types with an
 //! empty source id, `use_preferred_tags = true` (§6.10). Batches arrive as raw bytes (slices of the
-//! HTTP/2 frames, [`loggregator_proto::stream`]) and are scanned,
-//! never decoded, on their way into the store, which takes each batch whole (`Store::insert_batch`).
+//! HTTP/2 frames, [`loggregator_proto::stream`]) and are scanned, never decoded, on their way into
+//! the store, or to the node owning their source as the same slices.
 //! A failed or ended stream is reopened with a backoff that doubles from 50 ms up to `max_backoff`
 //! and resets once a batch has been received (the shared [`Subscription`]).
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use loggregator_proto::logcache::v1::{MetaInfo, MetaRequest, MetaResponse, ReadRequest, ReadResponse, SendRequest};
 use loggregator_proto::prost::Message;
+use loggregator_proto::raw::{EncodedBatch, EncodedSendRequest, RawSendRequest};
 use loggregator_proto::v2::{Envelope, EnvelopeBatch};
 use loggregator_proto::RawEnvelope;
 use parking_lot::Mutex;
@@ -33,6 +34,9 @@ pub enum ApiError {
     /// the engine chose for it.
     #[error("{message}")]
     Query { code: Code, http_status: u16, error_type: &'static str, message: String },
+    /// A request whose envelopes do not parse.
+    #[error("{0}")]
+    Malformed(String),
     /// Something internal failed (a task panicked, the runtime is shutting down).
     #[error("internal error: {0}")]
     Internal(String),
@@ -43,6 +47,7 @@ impl ApiError {
     pub fn code(&self) -> Code {
         match self {
             ApiError::Read(_) | ApiError::Internal(_) => Code::Unknown,
+            ApiError::Malformed(_) => Code::Internal,
             ApiError::Query { code, .. } => *code,
             ApiError::Remote(status) => status.code(),
         }
@@ -172,8 +177,8 @@ impl Service {
 
     // === send ===
 
-    /// `Ingress/Send`: stores local envelopes, forwards the others to their owners (unless
-    /// `local_only`). A peer that cannot be reached loses its envelopes, counted as dropped.
+    /// `Ingress/Send` of decoded envelopes (the syslog server's): stored, or (unless `local_only`)
+    /// encoded once and forwarded to their owners as [`Service::send_raw`] does.
     pub async fn send(&self, request: SendRequest) -> Result<(), ApiError> {
         let envelopes = request.envelopes.map(|b| b.batch).unwrap_or_default();
         if request.local_only || self.cluster.len() <= 1 {
@@ -182,21 +187,35 @@ impl Service {
             }
             return Ok(());
         }
-        let mut remote: HashMap<usize, Vec<Envelope>> = HashMap::new();
-        for envelope in envelopes {
-            let owner = self.cluster.owner(&envelope.source_id);
-            if self.cluster.peer(owner).is_none() {
-                self.store_decoded(&envelope);
-            } else {
-                remote.entry(owner).or_default().push(envelope);
+        let mut scanned = Vec::with_capacity(envelopes.len());
+        for envelope in &envelopes {
+            match RawEnvelope::scan(Bytes::from(envelope.encode_to_vec())) {
+                Ok(raw) => scanned.push(raw),
+                Err(_) => self.store.stats().dropped.inc(),
             }
         }
-        self.forward(remote).await;
+        self.ingest_scanned(&mut scanned).await;
         Ok(())
     }
 
-    /// Stores scanned envelopes as one batch ([`Store::insert_batch`]), forwarding those another
-    /// node owns.
+    /// `Ingress/Send` as received: stores local envelopes, forwards the others to their owners
+    /// (unless `local_only`) as the slices they arrived as. A batch that does not scan is refused
+    /// whole, as a request that does not decode is (grpc-go answers INTERNAL); a peer that cannot
+    /// be reached loses its envelopes, counted as dropped.
+    pub async fn send_raw(&self, request: RawSendRequest) -> Result<(), ApiError> {
+        let mut scanned = loggregator_proto::BatchScanner::collect_all(request.envelopes)
+            .map_err(|e| ApiError::Malformed(format!("grpc: error unmarshalling request: {e}")))?;
+        if request.local_only {
+            for envelope in &scanned {
+                self.store.insert(envelope);
+            }
+            return Ok(());
+        }
+        self.ingest_scanned(&mut scanned).await;
+        Ok(())
+    }
+
+    /// Stores scanned envelopes, forwarding those another node owns.
     pub async fn ingest_raw(&self, envelopes: impl IntoIterator<Item = RawEnvelope>) {
         let mut scanned: Vec<RawEnvelope> = envelopes.into_iter().collect();
         self.ingest_scanned(&mut scanned).await;
@@ -219,8 +238,8 @@ impl Service {
         count
     }
 
-    /// Stores the envelopes this node owns as one batch and forwards the others; leaves `scanned`
-    /// empty (its envelopes hold the receive buffer).
+    /// Stores the envelopes this node owns and forwards the others; leaves `scanned` empty (its
+    /// envelopes hold the receive buffer).
     async fn ingest_scanned(&self, scanned: &mut Vec<RawEnvelope>) {
         if self.cluster.len() <= 1 {
             // One by one: in the full pipeline (loadgen agent-doppler-logcache at 200k/s) this cost
@@ -232,22 +251,17 @@ impl Service {
             scanned.clear();
             return;
         }
-        let mut remote: HashMap<usize, Vec<Envelope>> = HashMap::new();
-        let mut dropped = 0;
-        scanned.retain(|envelope| {
+        // What other nodes own, by owner: the received slices themselves (reference counts). What
+        // this node owns is stored one by one, as above.
+        let mut remote: HashMap<usize, EncodedBatch> = HashMap::new();
+        for envelope in scanned.drain(..) {
             let owner = self.cluster.owner(envelope.source_id());
             if self.cluster.peer(owner).is_none() {
-                return true;
+                self.store.insert(&envelope);
+            } else {
+                remote.entry(owner).or_default().push(envelope.bytes);
             }
-            match Envelope::decode(&envelope.bytes[..]) {
-                Ok(decoded) => remote.entry(owner).or_default().push(decoded),
-                Err(_) => dropped += 1,
-            }
-            false
-        });
-        self.store.stats().dropped.add(dropped);
-        self.store.insert_batch(scanned);
-        scanned.clear();
+        }
         self.forward(remote).await;
     }
 
@@ -259,7 +273,7 @@ impl Service {
         }
     }
 
-    async fn forward(&self, remote: HashMap<usize, Vec<Envelope>>) {
+    async fn forward(&self, remote: HashMap<usize, EncodedBatch>) {
         let mut calls = tokio::task::JoinSet::new();
         for (owner, batch) in remote {
             let Some(peer) = self.cluster.peer(owner) else {
@@ -269,7 +283,7 @@ impl Service {
             let addr = peer.addr.clone();
             let count = batch.len() as u64;
             calls.spawn(async move {
-                let request = SendRequest { envelopes: Some(EnvelopeBatch { batch }), local_only: true };
+                let request = EncodedSendRequest { batch, local_only: true };
                 (addr, count, client.send(request).await)
             });
         }

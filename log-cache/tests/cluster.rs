@@ -3,6 +3,7 @@
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
 use log_cache::cluster::owner_of;
 use log_cache::Listeners;
@@ -104,6 +105,51 @@ async fn an_unreachable_owner_reads_as_empty() {
     // Meta still answers with what the reachable nodes hold.
     let (status, _, _) = get(&node0.http_url("/api/v1/meta"), &[]).await;
     assert_eq!(status, 200);
+}
+
+/// Forwarding to the owner sends the bytes that arrived, not a re-encoding: a field this version
+/// does not know (a newer client's) survives the hop, as it does on a node that owns the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_envelope_is_stored_by_its_owner_byte_for_byte() {
+    use loggregator_proto::prost::Message as _;
+    use loggregator_proto::raw::client::logcache_ingress::ingress_client::IngressClient as RawIngressClient;
+    use loggregator_proto::raw::{EncodedBatch, EncodedSendRequest};
+    let (node0, node1) = two_nodes().await;
+    let remote = source_owned_by(1, "bytes");
+    let mut encoded = log_envelope(&remote, log_cache::service::now_nanos() - 1_000, "kept").encode_to_vec();
+    // Field 99, varint 7: unknown to prost's `Envelope`, so decoding and encoding would drop it.
+    encoded.extend_from_slice(&[0x98, 0x06, 0x07]);
+    let mut client = RawIngressClient::connect(format!("http://{}", node0.addrs.grpc)).await.expect("connects");
+    let batch = EncodedBatch { envelopes: vec![Bytes::from(encoded.clone())] };
+    client.send(EncodedSendRequest { batch, local_only: false }).await.expect("node 0 takes it");
+    assert_eq!(node0.registry.sum("forwarded", &[]), 1);
+    let request = ReadRequest { source_id: remote.clone(), ..Default::default() };
+    let filter = log_cache::store::ReadFilter::from_request(&request, log_cache::service::now_nanos()).expect("valid");
+    let stored = node1.store.read(&remote, &filter);
+    assert_eq!(stored, vec![Bytes::from(encoded)], "node 1 stores what node 0 received");
+    node0.stop().await;
+    node1.stop().await;
+}
+
+/// A `Send` whose batch does not parse is refused whole with INTERNAL, as grpc-go refuses a
+/// request that does not unmarshal, and the node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_send_is_refused_whole_and_the_node_serves_on() {
+    use loggregator_proto::raw::client::logcache_ingress::ingress_client::IngressClient as RawIngressClient;
+    use loggregator_proto::raw::{EncodedBatch, EncodedSendRequest};
+    let (node0, node1) = two_nodes().await;
+    let mut client = RawIngressClient::connect(format!("http://{}", node0.addrs.grpc)).await.expect("connects");
+    let good = loggregator_proto::prost::Message::encode_to_vec(&log_envelope(&source_owned_by(0, "m"), 1, "x"));
+    // A field 1 (timestamp, varint) whose varint never ends.
+    let batch = EncodedBatch { envelopes: vec![Bytes::from(good), Bytes::from_static(&[0x08, 0xff, 0xff])] };
+    let status = client.send(EncodedSendRequest { batch, local_only: false }).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(status.message().starts_with("grpc: error unmarshalling request"), "{status:?}");
+    assert!(node0.store.meta().is_empty(), "part of a refused batch was stored");
+    node0.send(vec![log_envelope(&source_owned_by(0, "m"), 2, "after")]).await;
+    assert_eq!(node0.store.meta().len(), 1);
+    node0.stop().await;
+    node1.stop().await;
 }
 
 fn form_encode(s: &str) -> String {

@@ -179,6 +179,98 @@ impl prost::Message for EncodedReadResponse {
     }
 }
 
+/// A `logcache.v1.SendRequest` as received: its `EnvelopeBatch` kept as bytes (a slice of the
+/// receive buffer) for [`crate::scan::BatchScanner`], never decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawSendRequest {
+    /// The encoded `EnvelopeBatch` (field 1), empty when absent.
+    pub envelopes: Bytes,
+    pub local_only: bool,
+}
+
+impl prost::Message for RawSendRequest {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_u8(BATCH_FIELD_KEY);
+        put_varint(buf, self.envelopes.len() as u64);
+        buf.put_slice(&self.envelopes);
+        if self.local_only {
+            prost::encoding::bool::encode(2, &self.local_only, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => {
+                let mut batch = Bytes::new();
+                prost::encoding::bytes::merge(wire_type, &mut batch, buf, ctx)?;
+                // A message field seen twice merges, and for a batch (one repeated field) merging
+                // is appending: the two encodings concatenated. Rare, so it may copy.
+                self.envelopes =
+                    if self.envelopes.is_empty() { batch } else { [&self.envelopes[..], &batch].concat().into() };
+                Ok(())
+            }
+            2 => prost::encoding::bool::merge(wire_type, &mut self.local_only, buf, ctx),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        1 + varint_len(self.envelopes.len() as u64) + self.envelopes.len() + if self.local_only { 2 } else { 0 }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// A `logcache.v1.SendRequest` assembled from pre-encoded envelopes: what a log-cache node sends
+/// to a source's owner node. Encodes as prost encodes a `SendRequest` with `envelopes` set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedSendRequest {
+    pub batch: EncodedBatch,
+    pub local_only: bool,
+}
+
+impl prost::Message for EncodedSendRequest {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_u8(BATCH_FIELD_KEY);
+        put_varint(buf, prost::Message::encoded_len(&self.batch) as u64);
+        prost::Message::encode_raw(&self.batch, buf);
+        if self.local_only {
+            prost::encoding::bool::encode(2, &self.local_only, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => prost::encoding::message::merge(wire_type, &mut self.batch, buf, ctx),
+            2 => prost::encoding::bool::merge(wire_type, &mut self.local_only, buf, ctx),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let inner = prost::Message::encoded_len(&self.batch);
+        1 + varint_len(inner as u64) + inner + if self.local_only { 2 } else { 0 }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// The codec of the raw services: prost's decoder, and an encoder that reserves a message's whole
 /// encoded length in tonic's send buffer before writing it.
 ///
@@ -229,10 +321,13 @@ impl<T: prost::Message> tonic::codec::Encoder for ReservingEncoder<T> {
 }
 
 /// Raw v2 servers: decode [`RawBatch`], encode [`EncodedBatch`]; and log-cache's `Egress` server,
-/// which encodes [`EncodedReadResponse`].
+/// which encodes [`EncodedReadResponse`], and `Ingress` server, which decodes [`RawSendRequest`].
 pub mod server {
     pub mod logcache_egress {
         include!(concat!(env!("OUT_DIR"), "/raw_server/logcache.v1.Egress.rs"));
+    }
+    pub mod logcache_ingress {
+        include!(concat!(env!("OUT_DIR"), "/raw_server/logcache.v1.Ingress.rs"));
     }
     pub mod ingress {
         include!(concat!(env!("OUT_DIR"), "/raw_server/loggregator.v2.Ingress.rs"));
@@ -242,8 +337,12 @@ pub mod server {
     }
 }
 
-/// Raw v2 clients: encode [`EncodedBatch`], decode [`RawBatch`].
+/// Raw v2 clients: encode [`EncodedBatch`], decode [`RawBatch`]; and log-cache's `Ingress`
+/// client, which encodes [`EncodedSendRequest`].
 pub mod client {
+    pub mod logcache_ingress {
+        include!(concat!(env!("OUT_DIR"), "/raw_client/logcache.v1.Ingress.rs"));
+    }
     pub mod ingress {
         include!(concat!(env!("OUT_DIR"), "/raw_client/loggregator.v2.Ingress.rs"));
     }
@@ -291,6 +390,37 @@ mod tests {
             assert_eq!(ReadResponse::decode(&encoded.encode_to_vec()[..]).unwrap(), expected);
             assert_eq!(EncodedReadResponse::decode(&expected.encode_to_vec()[..]).unwrap(), encoded);
         }
+    }
+
+    #[test]
+    fn send_requests_equal_prost_encoding_and_decoding_of_a_send_request() {
+        use crate::logcache::v1::SendRequest;
+        for (envelopes, local_only) in [(vec![], false), (vec![envelope(1, "a"), envelope(2, &"b".repeat(200))], true)]
+        {
+            let mut encoded = EncodedSendRequest { local_only, ..Default::default() };
+            for e in &envelopes {
+                encoded.batch.push(Bytes::from(e.encode_to_vec()));
+            }
+            let batch = EnvelopeBatch { batch: envelopes };
+            let expected = SendRequest { envelopes: Some(batch.clone()), local_only };
+            assert_eq!(encoded.encode_to_vec(), expected.encode_to_vec());
+            assert_eq!(encoded.encoded_len(), expected.encoded_len());
+            assert_eq!(EncodedSendRequest::decode(&expected.encode_to_vec()[..]).unwrap(), encoded);
+            let raw = RawSendRequest::decode(&expected.encode_to_vec()[..]).unwrap();
+            assert_eq!((&raw.envelopes[..], raw.local_only), (&batch.encode_to_vec()[..], local_only));
+            assert_eq!(raw.encode_to_vec(), expected.encode_to_vec());
+            assert_eq!(raw.encoded_len(), expected.encoded_len());
+        }
+        // Absent batch; and a batch field seen twice merges as prost merges it (appends).
+        assert_eq!(RawSendRequest::decode(&[][..]).unwrap(), RawSendRequest::default());
+        let (one, two) =
+            (EnvelopeBatch { batch: vec![envelope(1, "a")] }, EnvelopeBatch { batch: vec![envelope(2, "b")] });
+        let mut twice = SendRequest { envelopes: Some(one.clone()), local_only: false }.encode_to_vec();
+        twice.extend(SendRequest { envelopes: Some(two.clone()), local_only: true }.encode_to_vec());
+        let merged = SendRequest::decode(&twice[..]).unwrap();
+        let raw = RawSendRequest::decode(&twice[..]).unwrap();
+        assert_eq!(EnvelopeBatch::decode(&raw.envelopes[..]).unwrap(), merged.envelopes.unwrap());
+        assert!(raw.local_only);
     }
 
     #[test]
