@@ -130,6 +130,11 @@ impl Cluster {
     }
 
     /// Every other node.
+    /// One slot per node, `None` at this node's own index.
+    pub fn slots(&self) -> &[Option<Peer>] {
+        &self.peers
+    }
+
     pub fn peers(&self) -> impl Iterator<Item = &Peer> {
         self.peers.iter().flatten()
     }

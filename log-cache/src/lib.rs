@@ -22,6 +22,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod forward;
 pub mod gateway;
 pub mod grpc;
 pub mod nozzle;
@@ -222,6 +223,13 @@ impl LogCache {
             }
         }
 
+        // Forwarding outlives the APIs and the nozzles that queue for it: it is stopped (and sends
+        // what it still holds) only once they have stopped.
+        let forwarding = CancellationToken::new();
+        for task in self.service.forwarding_tasks(self.config.max_message_bytes, &forwarding) {
+            tracker.spawn(task);
+        }
+
         for addr in &self.config.nozzle.addrs {
             let nozzle = nozzle::Nozzle::new(
                 addr.clone(),
@@ -253,6 +261,7 @@ impl LogCache {
                 Ok(())
             }
         };
+        forwarding.cancel();
         plumbing::shutdown::drain(&tracker, grace, "log-cache").await;
         grpc_result?;
         http_result

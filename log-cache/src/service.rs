@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use loggregator_proto::logcache::v1::{MetaInfo, MetaRequest, MetaResponse, ReadRequest, ReadResponse, SendRequest};
 use loggregator_proto::prost::Message;
-use loggregator_proto::raw::{EncodedBatch, EncodedSendRequest, RawSendRequest};
+use loggregator_proto::raw::RawSendRequest;
 use loggregator_proto::v2::{Envelope, EnvelopeBatch};
 use loggregator_proto::RawEnvelope;
 use parking_lot::Mutex;
 use plumbing::{Counter, Registry};
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::cluster::Cluster;
+use crate::forward::Forwarder;
 use crate::store::{ReadError, ReadFilter, Store};
 
 /// How long a merged cluster-wide Meta answer is reused (§6.3).
@@ -88,6 +90,8 @@ pub struct Service {
     store: Arc<Store>,
     cluster: Cluster,
     metrics: ServiceMetrics,
+    /// What other nodes own, queued for them ([`Service::forwarding_tasks`] sends it).
+    forwarder: Forwarder,
     /// The last merged cluster-wide Meta and when it was made.
     meta_cache: Mutex<Option<(Instant, MetaResponse)>>,
 }
@@ -102,7 +106,30 @@ pub fn now_nanos() -> i64 {
 
 impl Service {
     pub fn new(store: Arc<Store>, cluster: Cluster, metrics: ServiceMetrics) -> Self {
-        Self { store, cluster, metrics, meta_cache: Mutex::new(None) }
+        let forwarder = Forwarder::new(cluster.slots(), &metrics.forward_dropped);
+        Self { store, cluster, metrics, forwarder, meta_cache: Mutex::new(None) }
+    }
+
+    /// The tasks that send what other nodes own, one per peer, until `token` is cancelled (then
+    /// each sends what its queue still holds). Whoever serves the API runs them.
+    pub fn forwarding_tasks(
+        &self,
+        max_message_bytes: usize,
+        token: &CancellationToken,
+    ) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
+        let metrics = &self.metrics;
+        self.forwarder.tasks(
+            self.cluster.slots(),
+            max_message_bytes,
+            &metrics.forwarded,
+            &metrics.forward_dropped,
+            token,
+        )
+    }
+
+    /// Envelopes queued for other nodes, not yet sent.
+    pub fn forwarding_queued(&self) -> usize {
+        self.forwarder.queued()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -251,18 +278,22 @@ impl Service {
             scanned.clear();
             return;
         }
-        // What other nodes own, by owner: the received slices themselves (reference counts). What
-        // this node owns is stored one by one, as above.
-        let mut remote: HashMap<usize, EncodedBatch> = HashMap::new();
+        // What other nodes own, by owner: the received slices themselves (reference counts),
+        // queued for them. What this node owns is stored one by one, as above.
+        let mut remote: Vec<Vec<Bytes>> = vec![Vec::new(); self.cluster.len()];
         for envelope in scanned.drain(..) {
             let owner = self.cluster.owner(envelope.source_id());
             if self.cluster.peer(owner).is_none() {
                 self.store.insert(&envelope);
             } else {
-                remote.entry(owner).or_default().push(envelope.bytes);
+                remote[owner].push(envelope.bytes);
             }
         }
-        self.forward(remote).await;
+        for (owner, envelopes) in remote.into_iter().enumerate() {
+            if !envelopes.is_empty() {
+                self.forwarder.push(owner, envelopes);
+            }
+        }
     }
 
     /// Stores one decoded envelope: encoded once, into its own allocation.
@@ -270,32 +301,6 @@ impl Service {
         match RawEnvelope::scan(Bytes::from(envelope.encode_to_vec())) {
             Ok(raw) => self.store.insert_owned(raw),
             Err(_) => self.store.stats().dropped.inc(),
-        }
-    }
-
-    async fn forward(&self, remote: HashMap<usize, EncodedBatch>) {
-        let mut calls = tokio::task::JoinSet::new();
-        for (owner, batch) in remote {
-            let Some(peer) = self.cluster.peer(owner) else {
-                continue;
-            };
-            let mut client = peer.ingress.clone();
-            let addr = peer.addr.clone();
-            let count = batch.len() as u64;
-            calls.spawn(async move {
-                let request = EncodedSendRequest { batch, local_only: true };
-                (addr, count, client.send(request).await)
-            });
-        }
-        while let Some(joined) = calls.join_next().await {
-            match joined {
-                Ok((_, count, Ok(_))) => self.metrics.forwarded.add(count),
-                Ok((addr, count, Err(status))) => {
-                    self.metrics.forward_dropped.add(count);
-                    tracing::warn!(peer = %addr, dropped = count, error = %status, "forwarding to owner failed");
-                }
-                Err(e) => tracing::warn!(error = %e, "forwarding task failed"),
-            }
         }
     }
 

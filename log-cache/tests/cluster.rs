@@ -46,7 +46,10 @@ async fn send_read_and_meta_across_two_nodes() {
         ])
         .await;
 
-    // Each envelope is stored only by its owner.
+    // Each envelope is stored only by its owner (forwarded asynchronously: `Send` answers once the
+    // owner's are queued, as the original's does).
+    eventually("node 1 holds its two", || async { node1.store.meta().get(&remote).is_some_and(|m| m.count == 2) })
+        .await;
     assert_eq!(node0.store.meta().keys().cloned().collect::<Vec<_>>(), vec![local.clone()]);
     assert_eq!(node1.store.meta().keys().cloned().collect::<Vec<_>>(), vec![remote.clone()]);
 
@@ -107,6 +110,32 @@ async fn an_unreachable_owner_reads_as_empty() {
     assert_eq!(status, 200);
 }
 
+/// A node that sends forwarded envelopes to a frozen peer keeps storing its own: the nozzle and
+/// `Send` only queue what a peer owns (once, the nozzle awaited each forward, so a peer that did
+/// not answer stalled this node's ingest for the request timeout), and the peer's queue is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_delays_nothing_but_its_own_sources() {
+    let (grpc0, addr0) = listener().await;
+    // A peer that accepts connections and never answers: a listener nobody accepts on.
+    let (_silent, silent_addr) = listener().await;
+    let mut config = test_config();
+    config.node_addrs = vec![addr0.to_string(), silent_addr.to_string()];
+    config.syslog.enabled = false;
+    let node0 = start_with(config, Listeners { grpc: Some(grpc0), ..Listeners::default() }).await;
+    let (local, remote) = (source_owned_by(0, "own"), source_owned_by(1, "frozen"));
+    let now = log_cache::service::now_nanos();
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let ts = now - 10_000 + i;
+        node0.send(vec![log_envelope(&remote, ts, "theirs"), log_envelope(&local, ts, "mine")]).await;
+    }
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "20 sends took {took:?}: they waited for the peer");
+    assert_eq!(node0.store.meta()[&local].count, 20, "node 0 stored its own at once");
+    assert!(node0.service.forwarding_queued() <= log_cache::forward::QUEUE_LEN);
+    node0.stop().await;
+}
+
 /// Forwarding to the owner sends the bytes that arrived, not a re-encoding: a field this version
 /// does not know (a newer client's) survives the hop, as it does on a node that owns the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +151,7 @@ async fn a_forwarded_envelope_is_stored_by_its_owner_byte_for_byte() {
     let mut client = RawIngressClient::connect(format!("http://{}", node0.addrs.grpc)).await.expect("connects");
     let batch = EncodedBatch { envelopes: vec![Bytes::from(encoded.clone())] };
     client.send(EncodedSendRequest { batch, local_only: false }).await.expect("node 0 takes it");
-    assert_eq!(node0.registry.sum("forwarded", &[]), 1);
+    eventually("node 0 forwards it", || async { node0.registry.sum("forwarded", &[]) == 1 }).await;
     let request = ReadRequest { source_id: remote.clone(), ..Default::default() };
     let filter = log_cache::store::ReadFilter::from_request(&request, log_cache::service::now_nanos()).expect("valid");
     let stored = node1.store.read(&remote, &filter);

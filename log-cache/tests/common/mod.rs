@@ -26,6 +26,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 pub struct Running {
     pub addrs: Addrs,
     pub store: Arc<Store>,
+    pub service: Arc<log_cache::service::Service>,
     pub registry: Registry,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -90,6 +91,7 @@ pub async fn start_with(config: Config, listeners: Listeners) -> Running {
     let cache = LogCache::bind_with(config, &registry, listeners).await.expect("binds");
     let addrs = cache.local_addrs();
     let store = cache.store();
+    let service = cache.service();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         cache
@@ -99,7 +101,7 @@ pub async fn start_with(config: Config, listeners: Listeners) -> Running {
             .await
             .expect("serves");
     });
-    Running { addrs, store, registry, stop: Some(stop), task: Some(task) }
+    Running { addrs, store, service, registry, stop: Some(stop), task: Some(task) }
 }
 
 /// Binds a listener on 127.0.0.1:0.
