@@ -28,13 +28,10 @@ use futures::StreamExt as _;
 use loggregator_proto::events;
 use loggregator_proto::prost::Message as _;
 use loggregator_proto::tonic::transport::{Channel, Endpoint};
-use netns::{Dns, Host, Network};
+use netns::*;
 use plumbing::test_support::TestPki;
-use plumbing::tls::TlsFiles;
 use support::*;
 
-/// The name every Doppler's address is published under.
-const DOPPLER_NAME: &str = "doppler.multihost.test";
 /// Envelopes per second from each agent's emitter: modest, so a debug build of nine processes on
 /// two cores keeps up and whatever is lost is lost to a fault, not to load.
 const RATE: u64 = 1500;
@@ -53,29 +50,6 @@ const SUBSCRIPTIONS: u64 = RLP_STREAMS + 1;
 /// (1 s) plus the close's grace (5 s), or, when HTTP/2 flow control stalls the stream before it
 /// recycles, the keepalive ping interval (15 s) plus its timeout (20 s); and a margin.
 const CUT_DETECTION_BOUND: Duration = Duration::from_secs(40);
-
-const GRPC: u16 = 8082;
-const AGENT: u16 = 3458;
-const RLP: u16 = 8090;
-const GATEWAY: u16 = 8088;
-const WEBSOCKET: u16 = 8081;
-const LOG_CACHE: u16 = 8080;
-const LOG_CACHE_HTTP: u16 = 8083;
-const METRICS: u16 = 14830;
-
-fn at(host: &Host, port: u16) -> SocketAddr {
-    SocketAddr::from((host.ip, port))
-}
-
-/// A `[table]` of TLS files in a component's TOML.
-fn tls_table(table: &str, files: &TlsFiles) -> String {
-    format!(
-        "[{table}]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
-        files.ca_file.display().to_string(),
-        files.cert_file.display().to_string(),
-        files.key_file.display().to_string()
-    )
-}
 
 /// A gRPC channel with mutual TLS, verifying `server_name`, retried until `DEADLINE`.
 async fn tls_channel(addr: SocketAddr, pki: &TestPki, server_name: &str) -> Channel {

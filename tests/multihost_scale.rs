@@ -23,19 +23,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use netns::{Dns, Host, Network};
+use netns::*;
 use plumbing::test_support::TestPki;
-use plumbing::tls::TlsFiles;
 use serde_json::Value;
 use support::*;
-
-const DOPPLER_NAME: &str = "doppler.multihost.test";
-const GRPC: u16 = 8082;
-const AGENT: u16 = 3458;
-const RLP: u16 = 8090;
-const LOG_CACHE: u16 = 8080;
-const LOG_CACHE_HTTP: u16 = 8083;
-const METRICS: u16 = 14830;
 
 /// The workload of the one-host scenarios (`benches/scenarios/three-dopplers.toml`), so the figures
 /// compare: two senders (one per agent), batches of 100, 1000 sources, 200-byte payloads, 5 tags.
@@ -74,19 +65,6 @@ const SHAPES: [Shape; 5] = [
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn at(host: &Host, port: u16) -> SocketAddr {
-    SocketAddr::from((host.ip, port))
-}
-
-fn tls_table(table: &str, files: &TlsFiles) -> String {
-    format!(
-        "[{table}]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
-        files.ca_file.display().to_string(),
-        files.cert_file.display().to_string(),
-        files.key_file.display().to_string()
-    )
 }
 
 /// The load generator next to the `loggregator` binary this test runs (same profile).

@@ -11,9 +11,41 @@
 //! [`Network::create`] first removes what an aborted earlier run (a prefix whose pid is gone)
 //! left behind. `scripts/multihost`'s trap does the same.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use plumbing::tls::TlsFiles;
+
+// What every harness on these hosts deploys the same way: the name the Dopplers are published
+// under and the port each component listens on (every host has its own address, so each
+// component keeps the one port its role has).
+
+/// The name every Doppler's address is published under.
+pub const DOPPLER_NAME: &str = "doppler.multihost.test";
+pub const GRPC: u16 = 8082;
+pub const AGENT: u16 = 3458;
+pub const RLP: u16 = 8090;
+pub const GATEWAY: u16 = 8088;
+pub const WEBSOCKET: u16 = 8081;
+pub const LOG_CACHE: u16 = 8080;
+pub const LOG_CACHE_HTTP: u16 = 8083;
+pub const METRICS: u16 = 14830;
+
+/// `port` on `host`.
+pub fn at(host: &Host, port: u16) -> SocketAddr {
+    SocketAddr::from((host.ip, port))
+}
+
+/// A `[table]` of TLS files in a component's TOML.
+pub fn tls_table(table: &str, files: &TlsFiles) -> String {
+    format!(
+        "[{table}]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        files.ca_file.display().to_string(),
+        files.cert_file.display().to_string(),
+        files.key_file.display().to_string()
+    )
+}
 
 /// Prefix of every namespace, bridge and link this test creates.
 pub const PREFIX: &str = "lgm";
