@@ -480,9 +480,12 @@ async fn a_multi_host_deployment_delivers_everywhere_survives_a_cut_link_and_add
         d4.scrape_until(|m| m.sum("subscriptions", &[]) == SUBSCRIPTIONS && m.sum("ingress", &[]) > RATE / 10).await;
     let d4_after = added.elapsed();
     assert!(ok, "doppler-4 was not subscribed to and sent to after joining the DNS answer:\n{}", m.0);
-    // The same agent processes: they re-resolved the name. (Their `dopplers` gauge is set at
-    // start only, agent/src/lib.rs, so it cannot tell.)
+    // The same agent processes: they re-resolved the name, and say so.
     assert_eq!(agents.iter().map(Proc::pid).collect::<Vec<_>>(), agent_pids, "an agent was restarted");
+    for agent in &agents {
+        let (ok, m) = agent.scrape_until(|m| m.sum("dopplers", &[]) == 4).await;
+        assert!(ok, "{}'s dopplers gauge does not count the fourth Doppler:\n{}", agent.name, m.0);
+    }
     let now_sent = emitters.iter().map(Emitter::sent).min().unwrap_or(0);
     wait_sent(&emitters, now_sent + RATE).await;
     let sent2 = finish(emitters).await;

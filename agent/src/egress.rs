@@ -24,7 +24,7 @@ use loggregator_proto::raw::client::ingress::ingress_client::IngressClient;
 use loggregator_proto::raw::EncodedBatch;
 use parking_lot::Mutex;
 use plumbing::tls::ClientTls;
-use plumbing::{Counter, Diode};
+use plumbing::{Counter, Diode, Gauge};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -43,19 +43,34 @@ struct Health {
 pub struct DopplerPool {
     state: Mutex<(Vec<SocketAddr>, HashMap<SocketAddr, Health>)>,
     changed: Notify,
+    /// How many addresses are known now: set on every resolution, not only the first.
+    known: Gauge,
     backoff_initial: Duration,
     backoff_max: Duration,
 }
 
 impl DopplerPool {
     pub fn new(backoff_initial: Duration, backoff_max: Duration) -> Self {
-        Self { state: Mutex::new((Vec::new(), HashMap::new())), changed: Notify::new(), backoff_initial, backoff_max }
+        Self {
+            state: Mutex::new((Vec::new(), HashMap::new())),
+            changed: Notify::new(),
+            known: Gauge::default(),
+            backoff_initial,
+            backoff_max,
+        }
+    }
+
+    /// Reports the number of known addresses in `gauge` (the agent's `dopplers`).
+    pub fn with_gauge(mut self, gauge: Gauge) -> Self {
+        self.known = gauge;
+        self
     }
 
     /// Replaces the address list (from resolution); health of known addresses is kept.
     pub fn set_addrs(&self, mut addrs: Vec<SocketAddr>) {
         addrs.sort();
         addrs.dedup();
+        self.known.set(addrs.len() as i64);
         let mut state = self.state.lock();
         if state.0 != addrs {
             state.1.retain(|addr, _| addrs.contains(addr));
@@ -426,6 +441,18 @@ mod tests {
         // One connection recycles: it releases its Doppler and picks the idle newcomer.
         pool.release(held[0]);
         assert_eq!(pool.acquire(0), Some(addr(3)));
+    }
+
+    #[test]
+    fn the_known_gauge_follows_every_resolution() {
+        let gauge = Gauge::default();
+        let pool = DopplerPool::new(Duration::from_secs(60), Duration::from_secs(60)).with_gauge(gauge.clone());
+        pool.set_addrs(vec![addr(1), addr(2), addr(2)]);
+        assert_eq!(gauge.get(), 2, "duplicates count once");
+        pool.set_addrs(vec![addr(1), addr(2), addr(3), addr(4)]);
+        assert_eq!(gauge.get(), 4, "a Doppler added to DNS is counted");
+        pool.set_addrs(vec![addr(4)]);
+        assert_eq!(gauge.get(), 1, "and one removed is no longer");
     }
 
     #[test]

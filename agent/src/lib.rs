@@ -168,9 +168,10 @@ impl Agent {
             dropped: self.metrics.dropped_ingress.clone(),
         });
 
-        let pool = Arc::new(DopplerPool::new(config.backoff_initial, config.backoff_max));
+        let pool = Arc::new(
+            DopplerPool::new(config.backoff_initial, config.backoff_max).with_gauge(self.metrics.dopplers.clone()),
+        );
         pool.set_addrs(egress::resolve(&config.dopplers).await);
-        self.metrics.dopplers.set(pool.addrs().len() as i64);
         tracker.spawn(egress::run_resolver(
             Arc::clone(&pool),
             config.dopplers.clone(),
