@@ -179,6 +179,22 @@ impl prost::Message for EncodedReadResponse {
     }
 }
 
+/// `SendRequest.local_only` (field 2) as prost writes it: only when true.
+fn encode_local_only(local_only: bool, buf: &mut impl BufMut) {
+    if local_only {
+        prost::encoding::bool::encode(2, &local_only, buf);
+    }
+}
+
+/// The encoded length of `SendRequest.local_only`: key and value, or nothing when false.
+fn local_only_len(local_only: bool) -> usize {
+    if local_only {
+        2
+    } else {
+        0
+    }
+}
+
 /// A `logcache.v1.SendRequest` as received: its `EnvelopeBatch` kept as bytes (a slice of the
 /// receive buffer) for [`crate::scan::BatchScanner`], never decoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -193,9 +209,7 @@ impl prost::Message for RawSendRequest {
         buf.put_u8(BATCH_FIELD_KEY);
         put_varint(buf, self.envelopes.len() as u64);
         buf.put_slice(&self.envelopes);
-        if self.local_only {
-            prost::encoding::bool::encode(2, &self.local_only, buf);
-        }
+        encode_local_only(self.local_only, buf);
     }
 
     fn merge_field(
@@ -221,7 +235,7 @@ impl prost::Message for RawSendRequest {
     }
 
     fn encoded_len(&self) -> usize {
-        1 + varint_len(self.envelopes.len() as u64) + self.envelopes.len() + if self.local_only { 2 } else { 0 }
+        1 + varint_len(self.envelopes.len() as u64) + self.envelopes.len() + local_only_len(self.local_only)
     }
 
     fn clear(&mut self) {
@@ -242,9 +256,7 @@ impl prost::Message for EncodedSendRequest {
         buf.put_u8(BATCH_FIELD_KEY);
         put_varint(buf, prost::Message::encoded_len(&self.batch) as u64);
         prost::Message::encode_raw(&self.batch, buf);
-        if self.local_only {
-            prost::encoding::bool::encode(2, &self.local_only, buf);
-        }
+        encode_local_only(self.local_only, buf);
     }
 
     fn merge_field(
@@ -263,7 +275,7 @@ impl prost::Message for EncodedSendRequest {
 
     fn encoded_len(&self) -> usize {
         let inner = prost::Message::encoded_len(&self.batch);
-        1 + varint_len(inner as u64) + inner + if self.local_only { 2 } else { 0 }
+        1 + varint_len(inner as u64) + inner + local_only_len(self.local_only)
     }
 
     fn clear(&mut self) {
