@@ -5,15 +5,19 @@
 //! peer, so a slow or frozen peer delays nothing but its own sources (before, the nozzle awaited
 //! each forward and a frozen peer stalled this node's own ingest for the request timeout). While
 //! one request to a peer is in flight the next batch accumulates, so under load requests get fewer
-//! and larger on their own: forwarding in requests of a few envelopes each (the nozzle's batches
-//! split by owner) cost a two-node cluster three times the single node's CPU per envelope
-//! (BENCHMARKS.md §1.3). The original forwards the same way, through batching clients per node.
+//! and larger on their own; below that, a task that finds fewer than [`FULL_ENOUGH`] envelopes
+//! waits [`LINGER`] for more before it sends. Forwarding in requests of a few envelopes each (the
+//! nozzle's batches split by owner) cost a two-node cluster three times the single node's CPU per
+//! envelope (BENCHMARKS.md §1.3). The original forwards the same way, through a batching client per
+//! node (100 envelopes or 250 ms); the linger here is shorter, so a forwarded envelope is readable
+//! on its owner within milliseconds.
 //!
 //! Bounded: a queue holds at most [`QUEUE_LEN`] envelopes and [`QUEUE_BYTES`] bytes and drops the
 //! oldest past either (counted as `dropped{direction="forward"}`, as a refused request is). On
 //! shutdown each task sends what its queue still holds, once, within the caller's grace.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use loggregator_proto::raw::{EncodedBatch, EncodedSendRequest};
@@ -29,6 +33,11 @@ pub const QUEUE_LEN: usize = 20_000;
 pub const QUEUE_BYTES: usize = 16 << 20;
 /// Envelopes per forwarded request at most (a log-cache `Read` answers at most 1000, too).
 const BATCH_LEN: usize = 1000;
+/// A queue holding this many is sent at once; fewer wait [`LINGER`] for company (the original's
+/// batch size).
+pub const FULL_ENOUGH: usize = 100;
+/// How long a short queue waits before it is sent anyway.
+pub const LINGER: Duration = Duration::from_millis(10);
 
 /// The queues, one per node of the cluster (`None` at this node's own index).
 pub struct Forwarder {
@@ -64,6 +73,7 @@ impl Forwarder {
         peers: &[Option<Peer>],
         max_message_bytes: usize,
         forwarded: &Counter,
+        requests: &Counter,
         dropped: &Counter,
         token: &CancellationToken,
     ) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
@@ -77,6 +87,7 @@ impl Forwarder {
                 // envelope (at most 6 bytes) and the request's own framing.
                 max_bytes: max_message_bytes.saturating_sub(1024).max(1),
                 forwarded: forwarded.clone(),
+                requests: requests.clone(),
                 dropped: dropped.clone(),
             };
             tasks.push(sender.run(token.clone()));
@@ -90,6 +101,7 @@ struct PeerSender {
     queue: Arc<EnvelopeBuffer>,
     max_bytes: usize,
     forwarded: Counter,
+    requests: Counter,
     dropped: Counter,
 }
 
@@ -100,6 +112,12 @@ impl PeerSender {
             tokio::select! {
                 _ = self.queue.wait_for_data() => {}
                 _ = token.cancelled() => break,
+            }
+            if self.queue.len() < FULL_ENOUGH {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = token.cancelled() => break,
+                }
             }
             self.send_one(&mut failing).await;
         }
@@ -121,6 +139,7 @@ impl PeerSender {
         }
         let request = EncodedSendRequest { batch: EncodedBatch { envelopes }, local_only: true };
         let mut client = self.peer.ingress.clone();
+        self.requests.inc();
         match client.send(request).await {
             Ok(_) => {
                 self.forwarded.add(count);

@@ -70,6 +70,8 @@ pub enum EncodedRead {
 pub struct ServiceMetrics {
     /// Envelopes forwarded to their owner node.
     pub forwarded: Counter,
+    /// `Send` requests made to other nodes.
+    pub forward_requests: Counter,
     /// Envelopes lost because their owner node could not be reached.
     pub forward_dropped: Counter,
 }
@@ -79,6 +81,8 @@ impl ServiceMetrics {
         Self {
             // metric-documentation: envelopes sent on to the node owning their source id.
             forwarded: registry.counter("forwarded", "Envelopes forwarded to their owner node", &[]),
+            // metric-documentation: Send requests made to other nodes (forwarded / this = envelopes per request).
+            forward_requests: registry.counter("forward_requests", "Send requests made to other nodes", &[]),
             // metric-documentation: envelopes lost because their owner node refused or was unreachable.
             forward_dropped: registry.counter("dropped", "Envelopes dropped by log-cache", &[("direction", "forward")]),
         }
@@ -122,6 +126,7 @@ impl Service {
             self.cluster.slots(),
             max_message_bytes,
             &metrics.forwarded,
+            &metrics.forward_requests,
             &metrics.forward_dropped,
             token,
         )

@@ -184,3 +184,30 @@ async fn a_malformed_send_is_refused_whole_and_the_node_serves_on() {
 fn form_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// A trickle of envelopes for another node goes out in few requests: a short queue waits
+/// `LINGER` for company instead of costing a request per nozzle batch (which made a second node
+/// cost more CPU than it stored, BENCHMARKS.md §1.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickle_for_another_node_is_forwarded_in_few_requests() {
+    use loggregator_proto::logcache::v1::SendRequest;
+    use loggregator_proto::v2::EnvelopeBatch;
+    let (node0, node1) = two_nodes().await;
+    let remote = source_owned_by(1, "trickle");
+    let now = log_cache::service::now_nanos();
+    let mut client = node0.ingress().await;
+    // 40 sends of one envelope, one every 2 ms: apart, each would be a request of its own.
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(2));
+    for i in 0..40 {
+        pace.tick().await;
+        let batch = EnvelopeBatch { batch: vec![log_envelope(&remote, now - 100_000 + i, "drip")] };
+        client.send(SendRequest { envelopes: Some(batch), local_only: false }).await.expect("send");
+    }
+    eventually("node 1 holds all 40", || async { node1.store.meta().get(&remote).is_some_and(|m| m.count == 40) })
+        .await;
+    let requests = node0.registry.sum("forward_requests", &[]);
+    assert_eq!(node0.registry.sum("forwarded", &[]), 40);
+    assert!(requests <= 16, "40 envelopes over ~80 ms took {requests} requests");
+    node0.stop().await;
+    node1.stop().await;
+}
