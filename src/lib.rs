@@ -7,9 +7,7 @@
 //! - [`pipeline`]: binding and serving every component together.
 //! - [`demo`]: the `--demo` emitter of realistic traffic.
 //! - [`console`]: the web console the all-in-one serves (sources, live tail, charts, pipeline).
-//! - [`promtext`]: reading the Prometheus text exposition of `/metrics`.
 
 pub mod console;
 pub mod demo;
 pub mod pipeline;
-pub mod promtext;

@@ -8,6 +8,7 @@
 //! - [`diode`]: the bounded many-writer / one-reader ring buffer that drops the oldest and counts it.
 //! - [`telemetry`]: a tiny Prometheus registry (the original's counter names: `ingress`, `egress`,
 //!   `dropped{direction}`, ...) and the `/metrics` HTTP server.
+//! - [`promtext`]: reading a Prometheus text exposition (what `/metrics` serves) into samples.
 //! - [`exposure`]: the warning for a listener off loopback without TLS or auth.
 //! - [`http_server`]: the HTTP server under every axum router, with connection, pending and
 //!   header-read limits.
@@ -29,6 +30,7 @@ pub mod exposure;
 pub mod grpc;
 pub mod http_server;
 pub mod millis;
+pub mod promtext;
 pub mod shutdown;
 pub mod subscriber;
 pub mod telemetry;

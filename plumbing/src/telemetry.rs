@@ -216,17 +216,6 @@ fn render_labels(labels: &[(&str, &str)]) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
-/// Parses a Prometheus text exposition into `(name{labels}, value)` pairs (for the load generator).
-pub fn parse_exposition(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 /// Serves `GET /metrics` and `GET /health` (200 once the process's components serve, 503 before
 /// and while draining; see [`Health`]) on `listener` until `shutdown` completes.
 pub async fn serve_metrics(
@@ -283,8 +272,9 @@ mod tests {
         assert!(text.contains("dropped{component=\"doppler\",direction=\"ingress\"} 3"), "{text}");
         assert!(text.contains("ingress{component=\"doppler\"} 1"), "{text}");
         assert_eq!(registry.sum("dropped", &[("direction", "ingress")]), 3);
-        let parsed = parse_exposition(&text);
-        assert!(parsed.contains(&("ingress{component=\"doppler\"}".to_string(), 1.0)));
+        let parsed = crate::promtext::parse(&text).expect("a valid exposition");
+        assert_eq!(crate::promtext::sum(&parsed, "ingress", &[("component", "doppler")]), 1.0);
+        assert_eq!(crate::promtext::sum(&parsed, "dropped", &[("direction", "ingress")]), 3.0);
     }
 
     /// Prometheus refuses a scrape whose series repeat a label name; the all-in-one once scoped

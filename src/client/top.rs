@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use loggregator::promtext::Sample;
 use loggregator_proto::scan::BatchScanner;
+use plumbing::promtext::Sample;
 use plumbing::subscriber::{firehose, Subscription};
 use tokio_util::sync::CancellationToken;
 
@@ -131,7 +131,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         let mut scrape_errors = Vec::new();
         for url in &args.metrics {
             match http.get_text("metrics", url).await {
-                Ok(text) => match loggregator::promtext::parse(&text) {
+                Ok(text) => match plumbing::promtext::parse(&text) {
                     Ok(samples) => {
                         for (k, v) in hop_totals(&samples) {
                             *hops.entry(k).or_insert(0.0) += v;
@@ -250,7 +250,7 @@ mod tests {
             dropped{component=\"agent\",direction=\"ingress\"} 1 1700000000000\n\
             dropped{component=\"agent\",direction=\"ingress\",listener=\"x\"} 2\n\
             up 1\n";
-        let hops = hop_totals(&loggregator::promtext::parse(text).unwrap());
+        let hops = hop_totals(&plumbing::promtext::parse(text).unwrap());
         assert_eq!(hops[&("doppler".to_string(), "ingress".to_string())], 120.0);
         assert_eq!(hops[&("agent".to_string(), "dropped direction=egress".to_string())], 3.0);
         assert_eq!(hops[&("agent".to_string(), "dropped direction=ingress".to_string())], 3.0);

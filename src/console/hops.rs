@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::error::{ConsoleError, METRICS};
 use super::AppState;
-use crate::promtext;
+use plumbing::promtext;
 
 /// Shortest interval rates are computed over; a page polling faster sees the last rates again.
 pub const MIN_RATE_INTERVAL: Duration = Duration::from_millis(900);

@@ -5,15 +5,28 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use plumbing::telemetry::parse_exposition;
+use plumbing::promtext;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `name{labels}` → value.
-pub type Snapshot = BTreeMap<String, f64>;
+/// A series: its metric name and its labels, sorted by name (so the same series matches across
+/// scrapes whatever order a component writes its labels in).
+pub type Series = (String, Vec<(String, String)>);
 
-pub fn snapshot_of(text: &str) -> Snapshot {
-    parse_exposition(text).into_iter().collect()
+/// Series → value.
+pub type Snapshot = BTreeMap<Series, f64>;
+
+/// Every series of an exposition; a malformed one is an error, not a silently missing counter.
+pub fn snapshot_of(text: &str) -> anyhow::Result<Snapshot> {
+    let samples = promtext::parse(text).context("malformed /metrics")?;
+    Ok(samples
+        .into_iter()
+        .map(|sample| {
+            let mut labels = sample.labels;
+            labels.sort();
+            ((sample.name, labels), sample.value)
+        })
+        .collect())
 }
 
 /// `GET` a plain-HTTP `/metrics` URL (HTTP/1.0, so the body is not chunked).
@@ -41,7 +54,7 @@ pub async fn scrape(url: &str) -> anyhow::Result<Snapshot> {
     if !status.contains(" 200") {
         bail!("{url}: {status}");
     }
-    Ok(snapshot_of(body))
+    snapshot_of(body).with_context(|| url.to_string())
 }
 
 /// One component's counters over a phase (differences of the original's counter names).
@@ -58,25 +71,15 @@ pub struct Hop {
     pub dropped_other: u64,
 }
 
-fn split_series(series: &str) -> (&str, &str) {
-    match series.find('{') {
-        Some(i) => (&series[..i], &series[i..]),
-        None => (series, ""),
-    }
-}
-
-fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
-    let needle = format!("{key}=\"");
-    let start = labels.find(&needle)? + needle.len();
-    let end = labels[start..].find('"')? + start;
-    Some(&labels[start..end])
+fn label<'a>(labels: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 /// The per-component counter differences between two snapshots of one source.
 pub fn hops(source: &str, before: &Snapshot, after: &Snapshot) -> Vec<Hop> {
     let mut by_component: BTreeMap<String, Hop> = BTreeMap::new();
     for (series, value) in after {
-        let (name, labels) = split_series(series);
+        let (name, labels) = (series.0.as_str(), &series.1[..]);
         if !matches!(name, "ingress" | "egress" | "dropped") {
             continue;
         }
@@ -217,11 +220,14 @@ mod tests {
     #[test]
     fn hops_are_counter_differences_by_component() {
         let before =
-            snapshot_of("ingress{component=\"doppler\"} 10\ndropped{component=\"doppler\",direction=\"egress\"} 1\n");
+            snapshot_of("ingress{component=\"doppler\"} 10\ndropped{component=\"doppler\",direction=\"egress\"} 1\n")
+                .unwrap();
+        // Labels in another order and a timestamp after the value are the same series.
         let after = snapshot_of(
-            "ingress{component=\"doppler\"} 110\negress{component=\"doppler\"} 90\n\
-             dropped{component=\"doppler\",direction=\"egress\"} 6\nsubscriptions{component=\"doppler\"} 1\n",
-        );
+            "ingress{component=\"doppler\"} 110 1700000000000\negress{component=\"doppler\"} 90\n\
+             dropped{direction=\"egress\",component=\"doppler\"} 6\nsubscriptions{component=\"doppler\"} 1\n",
+        )
+        .unwrap();
         let hops = hops("doppler-0", &before, &after);
         assert_eq!(hops.len(), 1);
         assert_eq!((hops[0].ingress, hops[0].egress, hops[0].dropped_egress), (100, 90, 5));

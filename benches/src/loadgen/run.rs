@@ -41,7 +41,7 @@ impl MetricSource {
 
     async fn snapshot(&self) -> anyhow::Result<Snapshot> {
         match self {
-            MetricSource::Registry { registry, .. } => Ok(observe::snapshot_of(&registry.render())),
+            MetricSource::Registry { registry, .. } => observe::snapshot_of(&registry.render()),
             MetricSource::Url(url) => observe::scrape(url).await,
         }
     }

@@ -1,12 +1,10 @@
 //! Reading the Prometheus text exposition format (version 0.0.4), as the components' `/metrics`
 //! serve it, into samples: a metric name, its labels and a value.
 //!
-//! The console's pipeline page scrapes `/metrics` with it to compute envelopes/s and drops per hop,
-//! and a `top`-style command can do the same. It reads what any Prometheus client writes (escaped
+//! The console's pipeline page and `loggregator top` scrape `/metrics` with it to compute
+//! envelopes/s and drops per hop, and the load generator to count every hop of a run. It reads what any Prometheus client writes (escaped
 //! label values, `NaN`/`+Inf`, an optional timestamp after the value), skips `#` comments and blank
 //! lines, and reports the first malformed line rather than guessing at it.
-
-use std::fmt;
 
 /// One line of an exposition: `name{labels} value [timestamp]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,20 +28,13 @@ impl Sample {
 }
 
 /// A line that is not a valid sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
 pub struct ParseError {
     /// 1-based line number.
     pub line: usize,
     pub reason: &'static str,
 }
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.reason)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 /// Every sample of `text`, in order.
 pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
