@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ pub struct DopplerPool {
     changed: Notify,
     /// How many addresses are known now: set on every resolution, not only the first.
     known: Gauge,
+    /// Where the next [`Self::acquire`] starts looking, advanced by every call (see there).
+    next: AtomicUsize,
     backoff_initial: Duration,
     backoff_max: Duration,
 }
@@ -55,6 +58,7 @@ impl DopplerPool {
             state: Mutex::new((Vec::new(), HashMap::new())),
             changed: Notify::new(),
             known: Gauge::default(),
+            next: AtomicUsize::new(0),
             backoff_initial,
             backoff_max,
         }
@@ -84,16 +88,21 @@ impl DopplerPool {
         self.state.lock().0.clone()
     }
 
-    /// Takes a usable Doppler for connection `slot`: the healthy one with the fewest connections
-    /// (ties broken by slot, so connections spread). Streams are recycled often, so a Doppler that
-    /// comes back, or appears, gets connections within one `stream_max_age`. Pair with [`Self::release`].
-    fn acquire(&self, slot: usize) -> Option<SocketAddr> {
+    /// Takes a usable Doppler for a connection: the healthy one with the fewest connections, ties
+    /// broken from a start that moves on at every call. Streams are recycled often, so a Doppler
+    /// that comes back, or appears, gets connections within one `stream_max_age`. When connections
+    /// do not divide evenly (5 over 3 Dopplers), which Doppler holds one fewer changes from one
+    /// recycle to the next, so over time each gets an equal share; ties broken by connection slot
+    /// gave every Doppler the same one each time (5 over 3: 2 : 2 : 1 for good; over 6: one
+    /// Doppler never used). Pair with [`Self::release`].
+    fn acquire(&self) -> Option<SocketAddr> {
         let now = Instant::now();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.state.lock();
         let (addrs, health) = &mut *guard;
         let n = addrs.len();
         let chosen = (0..n)
-            .map(|i| addrs[(slot + i) % n])
+            .map(|i| addrs[(start.wrapping_add(i)) % n])
             .filter(|a| health.get(a).and_then(|h| h.down_until).is_none_or(|until| until <= now))
             .min_by_key(|a| health.get(a).map_or(0, |h| h.active))?;
         health.entry(chosen).or_default().active += 1;
@@ -231,7 +240,6 @@ pub struct ConnectionSettings {
 }
 
 pub struct Connection {
-    pub slot: usize,
     pub pool: Arc<DopplerPool>,
     pub queue: async_channel::Receiver<EncodedBatch>,
     pub settings: Arc<ConnectionSettings>,
@@ -255,7 +263,7 @@ impl Connection {
         let mut pending: Vec<EncodedBatch> = Vec::new();
         let mut channel: Option<(SocketAddr, Channel)> = None;
         loop {
-            let Some(addr) = self.pool.acquire(self.slot) else {
+            let Some(addr) = self.pool.acquire() else {
                 if shutdown.is_cancelled() && self.queue.is_closed() {
                     self.count_lost(&pending);
                     return;
@@ -412,7 +420,7 @@ mod tests {
     fn connections_spread_over_healthy_dopplers() {
         let pool = DopplerPool::new(Duration::from_secs(60), Duration::from_secs(60));
         pool.set_addrs(vec![addr(1), addr(2), addr(3)]);
-        let picked: Vec<SocketAddr> = (0..6).map(|slot| pool.acquire(slot).unwrap()).collect();
+        let picked: Vec<SocketAddr> = (0..6).map(|_| pool.acquire().unwrap()).collect();
         for a in [addr(1), addr(2), addr(3)] {
             assert_eq!(picked.iter().filter(|p| **p == a).count(), 2, "{picked:?}");
         }
@@ -423,24 +431,55 @@ mod tests {
         let pool = DopplerPool::new(Duration::from_secs(60), Duration::from_secs(60));
         pool.set_addrs(vec![addr(1), addr(2)]);
         pool.mark_failed(addr(1));
-        for slot in 0..4 {
-            assert_eq!(pool.acquire(slot), Some(addr(2)));
+        for _ in 0..4 {
+            assert_eq!(pool.acquire(), Some(addr(2)));
         }
         let quick = DopplerPool::new(Duration::ZERO, Duration::ZERO);
         quick.set_addrs(vec![addr(1)]);
         quick.mark_failed(addr(1));
-        assert_eq!(quick.acquire(0), Some(addr(1)), "retried once the backoff is over");
+        assert_eq!(quick.acquire(), Some(addr(1)), "retried once the backoff is over");
     }
 
     #[test]
     fn a_new_doppler_is_preferred_when_connections_recycle() {
         let pool = DopplerPool::new(Duration::from_secs(60), Duration::from_secs(60));
         pool.set_addrs(vec![addr(1), addr(2)]);
-        let held: Vec<SocketAddr> = (0..4).map(|slot| pool.acquire(slot).unwrap()).collect();
+        let held: Vec<SocketAddr> = (0..4).map(|_| pool.acquire().unwrap()).collect();
         pool.set_addrs(vec![addr(1), addr(2), addr(3)]);
         // One connection recycles: it releases its Doppler and picks the idle newcomer.
         pool.release(held[0]);
-        assert_eq!(pool.acquire(0), Some(addr(3)));
+        assert_eq!(pool.acquire(), Some(addr(3)));
+    }
+
+    /// Connections recycled in turn, as streams of the same age are: every Doppler gets an equal
+    /// share of connection time whether or not the connections divide evenly among them.
+    #[test]
+    fn recycled_connections_share_every_doppler_equally() {
+        for dopplers in [2u16, 3, 4, 6] {
+            let pool = DopplerPool::new(Duration::from_secs(60), Duration::from_secs(60));
+            pool.set_addrs((1..=dopplers).map(addr).collect());
+            let mut held: Vec<SocketAddr> = (0..5).map(|_| pool.acquire().unwrap()).collect();
+            let mut share: HashMap<SocketAddr, usize> = HashMap::new();
+            for _ in 0..300 {
+                for slot in 0..held.len() {
+                    pool.release(held[slot]);
+                    held[slot] = pool.acquire().unwrap();
+                    for h in &held {
+                        *share.entry(*h).or_default() += 1;
+                    }
+                }
+            }
+            let total: usize = share.values().sum();
+            for d in 1..=dopplers {
+                let got = share.get(&addr(d)).copied().unwrap_or(0) as f64 / total as f64;
+                let fair = 1.0 / f64::from(dopplers);
+                assert!(
+                    (got - fair).abs() < 0.02,
+                    "{dopplers} Dopplers: {} got {got:.3} of the time, not {fair:.3}",
+                    addr(d)
+                );
+            }
+        }
     }
 
     #[test]

@@ -197,9 +197,8 @@ impl Agent {
             tls: self.doppler_tls.clone(),
             grace: config.shutdown_grace,
         });
-        for slot in 0..connections {
+        for _ in 0..connections {
             let connection = Connection {
-                slot,
                 pool: Arc::clone(&pool),
                 queue: queue_rx.clone(),
                 settings: Arc::clone(&settings),
