@@ -3,7 +3,8 @@
 //! every hop, driven by the load generator (`target/release/loadgen`) from the root namespace.
 //!
 //! For each shape (2 agents in front of 1, 2 or 3 Dopplers read by one RLP subscriber; 2 agents,
-//! one Doppler and 1 or 2 log-cache nodes whose nozzles read it) it measures the CPU cost of every
+//! one Doppler and 1 or 2 log-cache nodes whose nozzles read it, their stores filled to a 256 MiB
+//! cap first) it measures the CPU cost of every
 //! component at one fixed rate (the same for every shape, so what a hop or host adds is the
 //! difference), and then searches the highest rate delivered with < 0.1 % loss, as
 //! `benches/find-max.sh` does. It prints one `scale:` line per run and a Markdown table at the end.
@@ -44,6 +45,14 @@ const WORKLOAD: [&str; 12] = [
     "--mix",
     "log=8,counter=1,gauge=1",
 ];
+
+/// Each log-cache node's store cap: small, so that a warm-up fills it and every measured run
+/// writes into a full store (pruning as it goes), as a node in production does, and so that the
+/// figures do not depend on how full the store happened to be when a run began.
+const STORE_BYTES: u64 = 256 << 20;
+/// The warm-up that fills the stores: 2 M envelopes, at least 330 MB over two nodes.
+const WARM_UP_RATE: u64 = 200_000;
+const WARM_UP_SECONDS: u64 = 10;
 
 /// One deployment to measure.
 #[derive(Clone, Copy, Debug)]
@@ -154,8 +163,8 @@ async fn deploy(shape: Shape, hosts: &Hosts, dir: &TempDir, pki: &TestPki) -> De
     for (i, host) in cache_hosts.iter().enumerate() {
         let name = format!("log-cache-{i}");
         let config = format!(
-            "grpc_addr = \"{}\"\nhttp_addr = \"{}\"\nnode_addrs = [{}]\nnode_index = {i}\n{}\
-             [nozzle]\naddrs = [\"{DOPPLER_NAME}:{GRPC}\"]\n{}[syslog]\nenabled = false\n",
+            "grpc_addr = \"{}\"\nhttp_addr = \"{}\"\nnode_addrs = [{}]\nnode_index = {i}\n\
+             memory_limit_bytes = {STORE_BYTES}\n{}[nozzle]\naddrs = [\"{DOPPLER_NAME}:{GRPC}\"]\n{}[syslog]\nenabled = false\n",
             at(host, LOG_CACHE),
             at(host, LOG_CACHE_HTTP),
             node_addrs.join(", "),
@@ -319,6 +328,16 @@ async fn scale_across_hosts() {
             let run = run_loadgen(&deployment, &pki, "max", 3, true).map(|r| Run::of(0, &r));
             baseline = run.and_then(|r| r.baseline);
             eprintln!("scale: baseline (null sink, same workload) {baseline:?} envelopes/s");
+        }
+        if shape.caches > 0 {
+            let warm = run_loadgen(&deployment, &pki, &WARM_UP_RATE.to_string(), WARM_UP_SECONDS, false);
+            if let Some(warm) = warm.map(|r| Run::of(WARM_UP_RATE, &r)) {
+                eprintln!("{}", warm.line(shape.name, "warm-up"));
+            }
+            for node in deployment.procs.iter().filter(|p| p.name.starts_with("log-cache")) {
+                let (full, m) = node.scrape_until(|m| m.sum("expired", &[("reason", "memory")]) > 0).await;
+                assert!(full, "{}'s store is not full after the warm-up:\n{}", node.name, m.0);
+            }
         }
         let at_fixed = run_loadgen(&deployment, &pki, &fixed.to_string(), duration, false).map(|r| Run::of(fixed, &r));
         let at_fixed = at_fixed.unwrap_or_else(|| panic!("{}: the fixed-rate run failed", shape.name));
