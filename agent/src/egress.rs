@@ -102,7 +102,7 @@ impl DopplerPool {
         let (addrs, health) = &mut *guard;
         let n = addrs.len();
         let chosen = (0..n)
-            .map(|i| addrs[(start.wrapping_add(i)) % n])
+            .map(|i| addrs[start.wrapping_add(i) % n])
             .filter(|a| health.get(a).and_then(|h| h.down_until).is_none_or(|until| until <= now))
             .min_by_key(|a| health.get(a).map_or(0, |h| h.active))?;
         health.entry(chosen).or_default().active += 1;

@@ -6,11 +6,11 @@
 //! each forward and a frozen peer stalled this node's own ingest for the request timeout). While
 //! one request to a peer is in flight the next batch accumulates, so under load requests get fewer
 //! and larger on their own; below that, a task that finds fewer than [`FULL_ENOUGH`] envelopes
-//! waits [`LINGER`] for more before it sends. Forwarding in requests of a few envelopes each (the
-//! nozzle's batches split by owner) cost a two-node cluster three times the single node's CPU per
-//! envelope (BENCHMARKS.md §1.3). The original forwards the same way, through a batching client per
-//! node (100 envelopes or 250 ms); the linger here is shorter, so a forwarded envelope is readable
-//! on its owner within milliseconds.
+//! waits [`LINGER`] for more before it sends: a request per nozzle batch split by owner (a few
+//! envelopes each) cost a two-node cluster about twice the CPU per envelope at 50 k/s
+//! (BENCHMARKS.md §1.3). The original batches the same way, through a client per node (100
+//! envelopes or 250 ms); the linger here is shorter, so a forwarded envelope is readable on its
+//! owner within milliseconds.
 //!
 //! Bounded: a queue holds at most [`QUEUE_LEN`] envelopes and [`QUEUE_BYTES`] bytes and drops the
 //! oldest past either (counted as `dropped{direction="forward"}`, as a refused request is). On

@@ -186,8 +186,8 @@ fn form_encode(s: &str) -> String {
 }
 
 /// A trickle of envelopes for another node goes out in few requests: a short queue waits
-/// `LINGER` for company instead of costing a request per nozzle batch (which made a second node
-/// cost more CPU than it stored, BENCHMARKS.md §1.3).
+/// `LINGER` for company instead of costing a request per nozzle batch (about twice the CPU per
+/// envelope, BENCHMARKS.md §1.3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickle_for_another_node_is_forwarded_in_few_requests() {
     use loggregator_proto::logcache::v1::SendRequest;
